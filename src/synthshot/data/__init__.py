@@ -1,0 +1,1 @@
+"""Reading labelled image folders, few-shot splits and the drawn demo dataset."""

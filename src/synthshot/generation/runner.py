@@ -1,0 +1,285 @@
+"""Resumable, crash-safe generation bookkeeping around an injected renderer.
+
+The runner owns the output folder, not the diffusion: it skips finished work items, renders the
+rest in batches through `render`, and records each image in two steps, the image file (atomic)
+then its manifest line. A kill between the two leaves an image without a record, which
+`reconcile` deletes on the next run so that the item is rendered again. The manifest is the only
+truth about which items are finished.
+
+Layout under `out_dir`:
+
+    synthetic/<class_slug>/<id>.png|jpg
+    manifest.jsonl        one line per finished image: the work item, `file`, run-level fields
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from synthshot.errors import DataError, SynthshotError
+from synthshot.generation.items import WorkItem
+from synthshot.io import append_jsonl, atomic_open, atomic_write_text, read_jsonl, remove_stale_temporaries, safe_join
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"
+SYNTHETIC = "synthetic"
+# File extension and PIL save arguments of each image format.
+FORMATS = {
+    "png": ("png", {"format": "PNG"}),
+    "jpg": ("jpg", {"format": "JPEG", "quality": 95}),
+    "jpeg": ("jpg", {"format": "JPEG", "quality": 95}),
+}
+IMAGE_SUFFIXES = {".png", ".jpg"}
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+# Given a batch of items, one image per item, or the exception that stopped that item.
+Renderer = Callable[[list[WorkItem]], list[Union[Image.Image, Exception]]]
+
+
+@dataclass
+class ReconcileReport:
+    """What `reconcile` found and repaired in an output folder."""
+
+    finished: dict[str, dict] = field(default_factory=dict)  # id -> manifest record, file present
+    temporaries_removed: int = 0
+    corrupt_lines: list[int] = field(default_factory=list)
+    invalid_records: int = 0  # valid JSON without a usable `id` and `file`
+    missing_files: list[str] = field(default_factory=list)  # ids whose image file is gone
+    duplicates: list[str] = field(default_factory=list)  # ids recorded more than once
+    orphans: list[str] = field(default_factory=list)  # deleted images without a record (relative paths)
+    rewritten: bool = False  # the manifest was rewritten with only the good records
+
+    @property
+    def finished_ids(self) -> set[str]:
+        return set(self.finished)
+
+
+@dataclass
+class GenerationReport:
+    """The outcome of one `run_generation` call."""
+
+    done: list[str] = field(default_factory=list)  # ids finished by this call
+    skipped: list[str] = field(default_factory=list)  # ids already finished before it
+    failed: dict[str, str] = field(default_factory=dict)  # id -> what went wrong
+    images_per_second: float = 0.0
+    reconcile: ReconcileReport | None = None
+
+    def raise_for_failures(self) -> None:
+        """Raise a SynthshotError listing the failed items (the first 10), if any."""
+        if not self.failed:
+            return
+        shown = "; ".join(f"{item_id}: {message}" for item_id, message in list(self.failed.items())[:10])
+        more = f" (and {len(self.failed) - 10} more)" if len(self.failed) > 10 else ""
+        raise SynthshotError(
+            f"{len(self.failed)} image(s) failed: {shown}{more}. Fix the cause and rerun: "
+            "finished images are kept and only the missing ones are rendered"
+        )
+
+
+def image_path(out_dir: str | os.PathLike, item: WorkItem, image_format: str = "png") -> Path:
+    """Where the image of `item` is written."""
+    extension, _ = _format(image_format)
+    return safe_join(out_dir, SYNTHETIC, item.class_slug, f"{item.id}.{extension}")
+
+
+def reconcile(out_dir: str | os.PathLike) -> ReconcileReport:
+    """Make `out_dir` consistent after any crash; return what was found and done.
+
+    Removes stale temporary files, drops corrupt manifest lines, records without their image and
+    repeated records of one id (the first good one is kept), deletes images that no record names
+    (a kill between the image rename and the manifest append), and rewrites the manifest
+    atomically if anything was dropped.
+    """
+    out_dir = Path(out_dir)
+    report = ReconcileReport()
+    if not out_dir.exists():
+        return report
+    report.temporaries_removed = remove_stale_temporaries(out_dir)
+    manifest = out_dir / MANIFEST
+    records, report.corrupt_lines = read_jsonl(manifest)
+    for number in report.corrupt_lines:
+        logger.warning("%s line %d is corrupt: the item will be regenerated", manifest, number)
+
+    kept_files: set[Path] = set()
+    for record in records:
+        item_id, relative = record.get("id"), record.get("file")
+        if not isinstance(item_id, str) or not isinstance(relative, str):
+            report.invalid_records += 1
+            logger.warning("%s has a record without a text `id` and `file`: it is dropped", manifest)
+            continue
+        if item_id in report.finished:
+            report.duplicates.append(item_id)
+            continue
+        try:
+            path = safe_join(out_dir, relative)
+        except DataError as exc:
+            report.invalid_records += 1
+            logger.warning("%s record %r: %s; it is dropped", manifest, item_id, exc)
+            continue
+        if not path.is_file():
+            report.missing_files.append(item_id)
+            logger.warning("%s names %s, which is missing: the item will be regenerated", manifest, relative)
+            continue
+        report.finished[item_id] = record
+        kept_files.add(path)
+
+    synthetic = (out_dir / SYNTHETIC).resolve()
+    if synthetic.is_dir():
+        for path in sorted(synthetic.rglob("*")):
+            if path.suffix in IMAGE_SUFFIXES and path.is_file() and path not in kept_files:
+                path.unlink()
+                report.orphans.append(path.relative_to(out_dir.resolve()).as_posix())
+        if report.orphans:
+            logger.warning(
+                "deleted %d image(s) in %s that the manifest does not name; they will be regenerated",
+                len(report.orphans),
+                synthetic,
+            )
+
+    dropped = report.corrupt_lines or report.invalid_records or report.missing_files or report.duplicates
+    if dropped:
+        atomic_write_text(manifest, "".join(_manifest_line(record) for record in report.finished.values()))
+        report.rewritten = True
+    return report
+
+
+def run_generation(
+    items: list[WorkItem],
+    render: Renderer,
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int,
+    image_format: str = "png",
+    record_extra: dict | None = None,
+    progress: bool = True,
+) -> GenerationReport:
+    """Render the unfinished `items` into `out_dir`, resuming whatever a previous run left.
+
+    Items that fail (the renderer returned or raised an exception for them) are reported in
+    `GenerationReport.failed` while all others are finished; call `raise_for_failures()` to turn
+    them into an error. A full disk stops the run with a SynthshotError; rerunning resumes.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    _, save_options = _format(image_format)
+    record_extra = dict(record_extra or {})
+    clashes = sorted(set(record_extra) & ({f.name for f in dataclasses.fields(WorkItem)} | {"file"}))
+    if clashes:
+        raise ValueError(f"record_extra keys {clashes} would overwrite work item fields: rename them")
+    try:
+        json.dumps(record_extra)
+    except TypeError as exc:
+        raise ValueError(f"record_extra must hold JSON values only: {exc}") from None
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        repeated = sorted(item_id for item_id, n in Counter(ids).items() if n > 1)
+        raise DataError(f"work items repeat the ids {repeated[:10]}: plan each image once")
+    out_dir = Path(out_dir)
+    manifest = out_dir / MANIFEST
+
+    # 1. Make the folder consistent and find what is already finished.
+    reconciled = reconcile(out_dir)
+    report = GenerationReport(reconcile=reconciled)
+    report.skipped = [item.id for item in items if item.id in reconciled.finished]
+    todo = [item for item in items if item.id not in reconciled.finished]
+
+    # 2. Render the rest in batches; write each image, then its manifest line.
+    start = time.perf_counter()
+    with tqdm(total=len(todo), unit="img", desc="generate", disable=not progress) as bar:
+        for first in range(0, len(todo), batch_size):
+            batch = todo[first : first + batch_size]
+            for item, result in zip(batch, _render_batch(render, batch)):
+                if isinstance(result, Exception):
+                    report.failed[item.id] = f"{result.__class__.__name__}: {result}"
+                    logger.warning("item %s failed: %s", item.id, report.failed[item.id])
+                else:
+                    path = image_path(out_dir, item, image_format)
+                    record = {**item.to_record(), "file": path.relative_to(out_dir.resolve()).as_posix(), **record_extra}
+                    _write_image(result, path, save_options, out_dir)
+                    _append_record(manifest, record, path, out_dir)
+                    report.done.append(item.id)
+                bar.update(1)
+    elapsed = time.perf_counter() - start
+    report.images_per_second = len(report.done) / elapsed if report.done and elapsed > 0 else 0.0
+    return report
+
+
+def _render_batch(render: Renderer, batch: list[WorkItem]) -> list:
+    """Render a batch; if the renderer fails for the whole batch, retry each item alone so that
+    one bad item does not fail its batch mates."""
+    try:
+        results = render(batch)
+        if not isinstance(results, (list, tuple)) or len(results) != len(batch):
+            count = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
+            raise RuntimeError(f"the renderer returned {count} results for a batch of {len(batch)}")
+    except Exception as exc:
+        if len(batch) == 1:
+            return [exc]
+        logger.warning("rendering a batch of %d failed (%s): retrying each item alone", len(batch), exc)
+        return [_render_batch(render, [item])[0] for item in batch]
+    return [_check_image(result) for result in results]
+
+
+def _check_image(result):
+    if isinstance(result, (Exception, Image.Image)):
+        return result
+    return TypeError(f"the renderer returned a {type(result).__name__}, not a PIL image")
+
+
+def _write_image(image, path: Path, save_options: dict, out_dir: Path) -> None:
+    if save_options["format"] == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    try:
+        with atomic_open(path) as handle:
+            image.save(handle, **save_options)
+    except OSError as exc:
+        raise _write_error(exc, path, out_dir) from exc
+
+
+def _append_record(manifest: Path, record: dict, image: Path, out_dir: Path) -> None:
+    """Append the manifest line of a written image; on failure, roll back to the state before the
+    image was written (no partial line, no image without a record)."""
+    size = manifest.stat().st_size if manifest.exists() else 0
+    try:
+        append_jsonl(manifest, record)
+    except OSError as exc:
+        # Truncating needs no free space, so the manifest stays valid even on a full disk.
+        if manifest.exists():
+            os.truncate(manifest, size)
+        image.unlink(missing_ok=True)
+        raise _write_error(exc, manifest, out_dir) from exc
+
+
+def _write_error(exc: OSError, path: Path, out_dir: Path) -> SynthshotError:
+    if exc.errno in DISK_FULL:
+        return SynthshotError(
+            f"the disk at {out_dir} is full (while writing {path}): free some space and rerun the "
+            "same command; it resumes where it stopped and keeps the images already written"
+        )
+    return SynthshotError(f"cannot write {path}: {exc.strerror or exc}; rerunning resumes where it stopped")
+
+
+def _manifest_line(record: dict) -> str:
+    # The same serialisation as io.append_jsonl, so a rewritten manifest reads like an appended one.
+    return json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def _format(image_format: str) -> tuple[str, dict]:
+    try:
+        return FORMATS[image_format.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"image format {image_format!r} is not one of {sorted(FORMATS)}") from None
