@@ -10,6 +10,11 @@ Layout under `out_dir`:
 
     synthetic/<class_slug>/<id>.png|jpg
     manifest.jsonl        one line per finished image: the work item, `file`, run-level fields
+
+Several processes (`accelerate launch`) share one folder this way: the main process reconciles
+first, then each process appends to its own `manifest.rank<r>.jsonl` and never rewrites or
+deletes anything, and the main process reconciles again at the end, which merges the per-process
+manifests into `manifest.jsonl`.
 """
 
 from __future__ import annotations
@@ -96,13 +101,53 @@ def image_path(out_dir: str | os.PathLike, item: WorkItem, image_format: str = "
     return safe_join(out_dir, SYNTHETIC, item.class_slug, f"{item.id}.{extension}")
 
 
+def process_manifest(rank: int) -> str:
+    """The manifest one process of a multi-process run appends to."""
+    return f"manifest.rank{rank}.jsonl"
+
+
+def _manifests(out_dir: Path) -> list[Path]:
+    """The main manifest, then any per-process manifests, in a stable order."""
+    return [out_dir / MANIFEST, *sorted(out_dir.glob("manifest.rank*.jsonl"))]
+
+
+def _read_records(out_dir: Path, report: ReconcileReport) -> list[tuple[Path, dict]]:
+    records = []
+    for manifest in _manifests(out_dir):
+        found, corrupt = read_jsonl(manifest)
+        for number in corrupt:
+            logger.warning("%s line %d is corrupt: the item will be regenerated", manifest, number)
+        # Line numbers are reported for the main manifest; any corrupt line forces a rewrite.
+        report.corrupt_lines.extend(corrupt if manifest.name == MANIFEST else [-n for n in corrupt])
+        records.extend((manifest, record) for record in found)
+    return records
+
+
+def finished_records(out_dir: str | os.PathLike) -> dict[str, dict]:
+    """Finished items (a record whose image exists) across all manifests, changing nothing: what
+    each process of a multi-process run reads after the main process reconciled."""
+    out_dir = Path(out_dir)
+    finished: dict[str, dict] = {}
+    for manifest in _manifests(out_dir):
+        for record in read_jsonl(manifest)[0]:
+            item_id, relative = record.get("id"), record.get("file")
+            if isinstance(item_id, str) and isinstance(relative, str) and item_id not in finished:
+                try:
+                    if safe_join(out_dir, relative).is_file():
+                        finished[item_id] = record
+                except DataError:
+                    continue
+    return finished
+
+
 def reconcile(out_dir: str | os.PathLike) -> ReconcileReport:
     """Make `out_dir` consistent after any crash; return what was found and done.
 
     Removes stale temporary files, drops corrupt manifest lines, records without their image and
     repeated records of one id (the first good one is kept), deletes images that no record names
     (a kill between the image rename and the manifest append), and rewrites the manifest
-    atomically if anything was dropped.
+    atomically if anything was dropped or per-process manifests were merged. Only one process
+    may call it at a time.
     """
     out_dir = Path(out_dir)
     report = ReconcileReport()
@@ -110,12 +155,10 @@ def reconcile(out_dir: str | os.PathLike) -> ReconcileReport:
         return report
     report.temporaries_removed = remove_stale_temporaries(out_dir)
     manifest = out_dir / MANIFEST
-    records, report.corrupt_lines = read_jsonl(manifest)
-    for number in report.corrupt_lines:
-        logger.warning("%s line %d is corrupt: the item will be regenerated", manifest, number)
+    records = _read_records(out_dir, report)
 
     kept_files: set[Path] = set()
-    for record in records:
+    for _, record in records:
         item_id, relative = record.get("id"), record.get("file")
         if not isinstance(item_id, str) or not isinstance(relative, str):
             report.invalid_records += 1
@@ -150,10 +193,13 @@ def reconcile(out_dir: str | os.PathLike) -> ReconcileReport:
                 synthetic,
             )
 
+    process_manifests = _manifests(out_dir)[1:]
     dropped = report.corrupt_lines or report.invalid_records or report.missing_files or report.duplicates
-    if dropped:
+    if dropped or process_manifests:
         atomic_write_text(manifest, "".join(_manifest_line(record) for record in report.finished.values()))
         report.rewritten = True
+        for merged in process_manifests:
+            merged.unlink()
     return report
 
 
@@ -166,12 +212,16 @@ def run_generation(
     image_format: str = "png",
     record_extra: dict | None = None,
     progress: bool = True,
+    manifest_name: str = MANIFEST,
+    reconcile_first: bool = True,
 ) -> GenerationReport:
     """Render the unfinished `items` into `out_dir`, resuming whatever a previous run left.
 
     Items that fail (the renderer returned or raised an exception for them) are reported in
     `GenerationReport.failed` while all others are finished; call `raise_for_failures()` to turn
     them into an error. A full disk stops the run with a SynthshotError; rerunning resumes.
+    In a multi-process run each process passes its own `manifest_name` (`process_manifest(rank)`)
+    and `reconcile_first=False`, after the main process called `reconcile`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -189,13 +239,14 @@ def run_generation(
         repeated = sorted(item_id for item_id, n in Counter(ids).items() if n > 1)
         raise DataError(f"work items repeat the ids {repeated[:10]}: plan each image once")
     out_dir = Path(out_dir)
-    manifest = out_dir / MANIFEST
+    manifest = out_dir / manifest_name
 
     # 1. Make the folder consistent and find what is already finished.
-    reconciled = reconcile(out_dir)
+    reconciled = reconcile(out_dir) if reconcile_first else None
+    finished = reconciled.finished if reconciled else finished_records(out_dir)
     report = GenerationReport(reconcile=reconciled)
-    report.skipped = [item.id for item in items if item.id in reconciled.finished]
-    todo = [item for item in items if item.id not in reconciled.finished]
+    report.skipped = [item.id for item in items if item.id in finished]
+    todo = [item for item in items if item.id not in finished]
 
     # 2. Render the rest in batches; write each image, then its manifest line.
     start = time.perf_counter()

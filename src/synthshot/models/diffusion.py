@@ -90,7 +90,9 @@ def check_adapter_fits(spec: AdapterSpec, encoder_config, unet_config, cross_att
 def load_sd_pipeline(model: str, options: HubOptions, *, dtype=None):
     """A `StableDiffusionPipeline` from a hub id or folder; safety checker off, safetensors only."""
     from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.disable_progress_bar()  # the per-component loading bar says nothing useful
     with loading("Stable Diffusion pipeline", model, options):
         return StableDiffusionPipeline.from_pretrained(
             model,

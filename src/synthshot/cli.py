@@ -1,0 +1,167 @@
+"""The `synthshot` command line: one verb per stage, plus `run` for a whole experiment.
+
+Start-up stays fast: heavy libraries are imported inside the verbs that need them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from synthshot import __version__
+from synthshot.errors import SynthshotError
+
+app = typer.Typer(
+    name="synthshot",
+    help="Synthetic images and CLIP classifiers from class names and a few labelled images (DIPSY, LGCLIP).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Model utilities: the offline tiny model kit.", no_args_is_help=True)
+data_app = typer.Typer(help="Few-shot data: splits and summaries.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+ConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML config; defaults apply where it is silent.")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a config value: key.path=value (repeatable), e.g. generation.steps=20."),
+]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network (HF_HUB_OFFLINE).")]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (output_dir).")]
+
+
+def load(config: Optional[Path], overrides: Optional[list[str]], offline: bool, output: Optional[Path] = None):
+    """Resolve the config and set up offline mode before any model library is imported."""
+    from synthshot.config import load_config
+    from synthshot.models.hub import set_offline
+
+    extra = list(overrides or [])
+    if offline:
+        extra.append("offline=true")
+    if output is not None:
+        extra.append(f"output_dir={output}")
+    resolved = load_config(config, extra)
+    set_offline(resolved.offline)
+    return resolved
+
+
+@app.command()
+def run(config: Annotated[Path, typer.Argument(help="Experiment config (YAML).")], set_: SetOpt = None,
+        offline: OfflineOpt = False, output: OutputOpt = None) -> None:
+    """Run the stages the config lists (data, similarity, generate) in one output folder."""
+    from synthshot.stages import run as run_stages
+
+    run_stages(load(config, set_, offline, output), echo=typer.echo)
+
+
+@data_app.command("split")
+def data_split(config: ConfigArg = None, set_: SetOpt = None, output: OutputOpt = None) -> None:
+    """Build the few-shot split (seeded, nested across shot counts) and print its summary."""
+    from synthshot.stages import prepare_data
+
+    prepare_data(load(config, set_, False, output), echo=typer.echo)
+
+
+@data_app.command("summary")
+def data_summary(split: Annotated[Path, typer.Argument(help="A split JSON (class -> files).")]) -> None:
+    """Print the summary table of a saved split."""
+    from synthshot.data.fewshot import load_split, summarize_split
+
+    typer.echo(summarize_split(load_split(split)))
+
+
+@app.command()
+def similarity(config: ConfigArg = None, set_: SetOpt = None, offline: OfflineOpt = False,
+               output: OutputOpt = None) -> None:
+    """Class similarity from CLIP image embeddings and the negative-class distribution."""
+    from synthshot.stages import compute_similarity
+
+    compute_similarity(load(config, set_, offline, output), echo=typer.echo)
+
+
+@app.command()
+def generate(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    offline: OfflineOpt = False,
+    output: OutputOpt = None,
+    shard: Annotated[Optional[str], typer.Option(help="Only this part of the work: i/n (0 <= i < n).")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="dual, single or text (generation.mode).")] = None,
+) -> None:
+    """Generate synthetic images (resumable; `accelerate launch` splits the work across GPUs)."""
+    from synthshot.generation.items import parse_shard
+    from synthshot.stages import generate as generate_images
+
+    overrides = list(set_ or []) + ([f"generation.mode={mode}"] if mode else [])
+    resolved = load(config, overrides, offline, output)
+    generate_images(resolved, shard=parse_shard(shard) if shard else None, echo=typer.echo)
+
+
+@models_app.command("make-tiny")
+def make_tiny(
+    folder: Annotated[Path, typer.Argument(help="Where to write the kit.")],
+    seed: Annotated[int, typer.Option(help="Seed of the random weights (same seed, same bytes).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing kit.")] = False,
+) -> None:
+    """Write tiny models with the real architectures (SD 1.5 pipeline, IP-Adapters, CLIP), offline."""
+    from synthshot.models.tiny import make_tiny_kit
+
+    typer.echo(f"tiny model kit: {make_tiny_kit(folder, seed, overwrite=overwrite)}")
+
+
+@app.command("config")
+def show_config(config: ConfigArg = None, set_: SetOpt = None) -> None:
+    """Print the resolved config (defaults, file and overrides) as YAML."""
+    from synthshot.config import dump_config
+
+    typer.echo(dump_config(load(config, set_, False)), nl=False)
+
+
+@app.command()
+def version() -> None:
+    """Print the synthshot version."""
+    typer.echo(__version__)
+
+
+def _quiet_libraries() -> None:
+    """Our own messages at INFO; the model libraries' chatter (progress bars, deprecation notes) off."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    for name in ("transformers", "diffusers", "huggingface_hub", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app(standalone_mode=False)
+    except SynthshotError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command to resume; finished work is kept", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The command line as a user runs it: real subprocesses, exit codes, a kill in the middle."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "synthshot.cli"]
+
+
+def synthshot(*args, **kwargs):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_help_lists_the_verbs():
+    result = synthshot("--help")
+    assert result.returncode == 0
+    for verb in ("run", "generate", "similarity", "models", "data", "config"):
+        assert verb in result.stdout
+
+
+def test_config_error_is_one_line_with_exit_code_2():
+    result = synthshot("config", "--set", "generation.stpes=3")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: config: unknown key generation.stpes: did you mean generation.steps?"
+
+
+def test_bad_yaml_exit_code_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1,\n")
+    result = synthshot("run", bad)
+    assert result.returncode == 2 and "is not valid YAML" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_make_tiny(tmp_path):
+    result = synthshot("models", "make-tiny", tmp_path / "kit", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "kit" / "kit.json").is_file()
+
+
+def config_file(tmp_path, kit, out):
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(
+        f"""
+output_dir: {out}
+offline: true
+models: {{tiny_kit: {kit}}}
+data: {{demo: {{classes: 2, images_per_class: 2, size: 32}}, shots: 2}}
+generation: {{images_per_class: 6, steps: 2, height: 32, width: 32, batch_size: 2, precision: fp32}}
+"""
+    )
+    return path
+
+
+def manifest_lines(out: Path) -> int:
+    manifest = out / "manifest.jsonl"
+    return len(manifest.read_text().splitlines()) if manifest.exists() else 0
+
+
+def images(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "synthetic").rglob("*.png"))}
+
+
+def test_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, tiny_kit):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    process = subprocess.Popen([*CLI, "generate", config_file(tmp_path, tiny_kit, killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while manifest_lines(killed) < 3 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed: make it longer"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 3 <= manifest_lines(killed) < 12
+
+    resumed = synthshot("generate", config_file(tmp_path, tiny_kit, killed))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "already there" in resumed.stdout
+    full = synthshot("generate", config_file(tmp_path, tiny_kit, clean))
+    assert full.returncode == 0, full.stderr
+
+    assert manifest_lines(killed) == manifest_lines(clean) == 12
+    got, want = images(killed), images(clean)
+    assert got.keys() == want.keys()
+    # Same batch size and machine: the same bytes (float tolerance would only matter across batch sizes).
+    assert got == want
+    leftovers = [p for p in killed.rglob(".tmp-*")]
+    assert leftovers == []
+
+
+def test_failed_items_make_a_nonzero_exit(tmp_path, tiny_kit):
+    out = tmp_path / "fails"
+    config = config_file(tmp_path, tiny_kit, out)
+    assert synthshot("data", "split", config).returncode == 0
+    split = next((out / "splits").glob("*.json"))
+    import json
+
+    first = json.loads(split.read_text())["circle"][0]
+    Path(first).write_bytes(b"garbage")
+    # Single mode: no similarity stage, which would stop at the bad file before any item.
+    result = synthshot("generate", config, "--mode", "single")
+    assert result.returncode == 2
+    assert "failed" in result.stderr and first in result.stderr
+    assert manifest_lines(out) > 0  # the other items were finished
