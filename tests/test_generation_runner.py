@@ -383,3 +383,26 @@ def _reference(tmp_path: Path, items: list[WorkItem]) -> dict:
     reference = tmp_path / "reference"
     run(items, reference, batch_size=5)
     return snapshot(reference)
+
+
+def test_processes_append_to_their_own_manifests_and_reconcile_merges_them(tmp_path):
+    """The multi-process protocol (accelerate launch): the main process reconciles, each process
+    appends to manifest.rank<r>.jsonl without reconciling, and a final reconcile merges."""
+    from synthshot.generation.items import shard_items
+    from synthshot.generation.runner import finished_records, process_manifest
+
+    items = make_items()
+    out = tmp_path / "shared"
+    # A previous single-process run finished two items.
+    run(items[:2], out)
+    reconcile(out)
+    for rank in range(2):
+        report = run(shard_items(items, rank, 2), out, manifest_name=process_manifest(rank), reconcile_first=False)
+        assert set(report.skipped) == {item.id for item in shard_items(items, rank, 2)} & {i.id for i in items[:2]}
+    assert (out / "manifest.rank0.jsonl").is_file() and (out / "manifest.rank1.jsonl").is_file()
+    assert set(finished_records(out)) == {item.id for item in items}
+
+    merged = reconcile(out)
+    assert merged.rewritten and merged.orphans == []
+    assert not list(out.glob("manifest.rank*.jsonl"))
+    assert snapshot(out) == _reference(tmp_path, items)
