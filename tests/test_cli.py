@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 CLI = [sys.executable, "-m", "synthshot.cli"]
 

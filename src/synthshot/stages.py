@@ -120,7 +120,7 @@ def similarity_dir(config: RunConfig) -> Path:
 def compute_similarity(config: RunConfig, data: FewShotData | None = None, *, echo=print):
     """Class similarity from CLIP image embeddings of the few-shot images, and the negative-class
     distribution; skipped when a result for the same classes and settings exists."""
-    from synthshot.generation.similarity import SimilarityResult, compute_class_similarity
+    from synthshot.generation.similarity import compute_class_similarity
     from synthshot.models.clip import load_clip
     from synthshot.models.hub import resolve_device
 
