@@ -216,12 +216,12 @@ def write_ip_adapters(folder: Path, unet_config: dict, seed: int) -> None:
     plus = IPAdapterPlusImageProjection(
         embed_dims=ENCODER_HIDDEN, output_dims=CROSS_ATTENTION_DIM, hidden_dims=64, heads=1, num_queries=4
     )
-    tensors = {f"image_proj.{k}": v for k, v in _plus_to_original(plus.state_dict()).items()}
+    tensors = {f"image_proj.{k}": v for k, v in plus_to_original(plus.state_dict()).items()}
     tensors.update(attention_weights(seed + 7))
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, models / PLUS_WEIGHTS)
 
 
-def _plus_to_original(state: dict) -> dict:
+def plus_to_original(state: dict) -> dict:
     """Rename a diffusers `IPAdapterPlusImageProjection` state dict to the original Resampler keys
     (the inverse of diffusers' `_convert_ip_adapter_image_proj_to_diffusers`)."""
     import torch
