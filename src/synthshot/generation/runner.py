@@ -111,54 +111,26 @@ def _manifests(out_dir: Path) -> list[Path]:
     return [out_dir / MANIFEST, *sorted(out_dir.glob("manifest.rank*.jsonl"))]
 
 
-def _read_records(out_dir: Path, report: ReconcileReport) -> list[tuple[Path, dict]]:
+def _read_records(out_dir: Path, report: ReconcileReport) -> list[dict]:
+    """The records of every manifest, main first; corrupt lines are logged, and those of the main
+    manifest noted (per-process manifests are rewritten into the main one anyway)."""
     records = []
     for manifest in _manifests(out_dir):
         found, corrupt = read_jsonl(manifest)
         for number in corrupt:
             logger.warning("%s line %d is corrupt: the item will be regenerated", manifest, number)
-        # Line numbers are reported for the main manifest; any corrupt line forces a rewrite.
-        report.corrupt_lines.extend(corrupt if manifest.name == MANIFEST else [-n for n in corrupt])
-        records.extend((manifest, record) for record in found)
+        if manifest.name == MANIFEST:
+            report.corrupt_lines = corrupt
+        records.extend(found)
     return records
 
 
-def finished_records(out_dir: str | os.PathLike) -> dict[str, dict]:
-    """Finished items (a record whose image exists) across all manifests, changing nothing: what
-    each process of a multi-process run reads after the main process reconciled."""
-    out_dir = Path(out_dir)
-    finished: dict[str, dict] = {}
-    for manifest in _manifests(out_dir):
-        for record in read_jsonl(manifest)[0]:
-            item_id, relative = record.get("id"), record.get("file")
-            if isinstance(item_id, str) and isinstance(relative, str) and item_id not in finished:
-                try:
-                    if safe_join(out_dir, relative).is_file():
-                        finished[item_id] = record
-                except DataError:
-                    continue
-    return finished
-
-
-def reconcile(out_dir: str | os.PathLike) -> ReconcileReport:
-    """Make `out_dir` consistent after any crash; return what was found and done.
-
-    Removes stale temporary files, drops corrupt manifest lines, records without their image and
-    repeated records of one id (the first good one is kept), deletes images that no record names
-    (a kill between the image rename and the manifest append), and rewrites the manifest
-    atomically if anything was dropped or per-process manifests were merged. Only one process
-    may call it at a time.
-    """
-    out_dir = Path(out_dir)
-    report = ReconcileReport()
-    if not out_dir.exists():
-        return report
-    report.temporaries_removed = remove_stale_temporaries(out_dir)
+def _collect_finished(out_dir: Path, records: list[dict], report: ReconcileReport) -> set[Path]:
+    """Fill `report.finished` with the first usable record of each id whose image exists, note
+    what was dropped, and return the image paths the kept records name."""
     manifest = out_dir / MANIFEST
-    records = _read_records(out_dir, report)
-
     kept_files: set[Path] = set()
-    for _, record in records:
+    for record in records:
         item_id, relative = record.get("id"), record.get("file")
         if not isinstance(item_id, str) or not isinstance(relative, str):
             report.invalid_records += 1
@@ -179,6 +151,34 @@ def reconcile(out_dir: str | os.PathLike) -> ReconcileReport:
             continue
         report.finished[item_id] = record
         kept_files.add(path)
+    return kept_files
+
+
+def finished_records(out_dir: str | os.PathLike) -> dict[str, dict]:
+    """Finished items (a record whose image exists) across all manifests, changing nothing: what
+    each process of a multi-process run reads after the main process reconciled."""
+    out_dir = Path(out_dir)
+    report = ReconcileReport()
+    _collect_finished(out_dir, _read_records(out_dir, report), report)
+    return report.finished
+
+
+def reconcile(out_dir: str | os.PathLike) -> ReconcileReport:
+    """Make `out_dir` consistent after any crash; return what was found and done.
+
+    Removes stale temporary files, drops corrupt manifest lines, records without their image and
+    repeated records of one id (the first good one is kept), deletes images that no record names
+    (a kill between the image rename and the manifest append), and rewrites the manifest
+    atomically if anything was dropped or per-process manifests were merged. Only one process
+    may call it at a time.
+    """
+    out_dir = Path(out_dir)
+    report = ReconcileReport()
+    if not out_dir.exists():
+        return report
+    report.temporaries_removed = remove_stale_temporaries(out_dir)
+    manifest = out_dir / MANIFEST
+    kept_files = _collect_finished(out_dir, _read_records(out_dir, report), report)
 
     synthetic = (out_dir / SYNTHETIC).resolve()
     if synthetic.is_dir():
