@@ -186,3 +186,12 @@ def test_parse_shard():
             parse_shard(bad)
     with pytest.raises(ConfigError, match="0 <= i < n"):
         shard_items([], 2, 2)
+
+
+def test_prompt_lists_cycle_by_index_and_empty_lists_fail():
+    prompts = {name: [f"{name} one", f"{name} two", f"{name} three"] for name in SPLIT}
+    items = plan(prompts=prompts, n=5, mode="text", probs=None)
+    first = [item.prompt for item in items if item.class_name == items[0].class_name]
+    assert first == [f"{items[0].class_name} {w}" for w in ("one", "two", "three", "one", "two")]
+    with pytest.raises(DataError, match="empty"):
+        plan(prompts={**prompts, items[0].class_name: []}, mode="text", probs=None)

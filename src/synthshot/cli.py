@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from synthshot import __version__
+from synthshot.datasets.cli import datasets_app  # typer only: the verbs import the rest
 from synthshot.errors import SynthshotError
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ models_app = typer.Typer(help="Model utilities: the offline tiny model kit.", no
 data_app = typer.Typer(help="Few-shot data: splits and summaries.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(datasets_app, name="datasets")
 
 ConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML config; defaults apply where it is silent.")]
 SetOpt = Annotated[
@@ -53,12 +55,65 @@ def load(config: Optional[Path], overrides: Optional[list[str]], offline: bool, 
 
 
 @app.command()
-def run(config: Annotated[Path, typer.Argument(help="Experiment config (YAML).")], set_: SetOpt = None,
-        offline: OfflineOpt = False, output: OutputOpt = None) -> None:
-    """Run the stages the config lists (data, similarity, generate) in one output folder."""
+def run(
+    config: Annotated[Path, typer.Argument(help="Experiment config (YAML) or a preset name (synthshot presets).")],
+    set_: SetOpt = None,
+    offline: OfflineOpt = False,
+    output: OutputOpt = None,
+    force: Annotated[bool, typer.Option(help="Rerun stages even when their outputs are up to date.")] = False,
+) -> None:
+    """Run the stages the config lists in one output folder (or every run of its sweep); stages
+    whose outputs are complete and whose inputs are unchanged are skipped."""
     from synthshot.stages import run as run_stages
 
-    run_stages(load(config, set_, offline, output), echo=typer.echo)
+    run_stages(load(config, set_, offline, output), force=force, echo=typer.echo)
+
+
+@app.command()
+def presets() -> None:
+    """List the presets (paper settings per dataset) that `run` and `preset:` accept."""
+    from synthshot.config import PRESETS_DIR, list_presets, read_yaml
+
+    for name in list_presets():
+        first = (PRESETS_DIR / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+        read_yaml(PRESETS_DIR / f"{name}.yaml")
+        typer.echo(f"{name:<24} {first}")
+
+
+@app.command()
+def prompts(config: ConfigArg = None, set_: SetOpt = None, offline: OfflineOpt = False,
+            output: OutputOpt = None) -> None:
+    """Write N prompts per class (registry templates or an LLM, cached) to prompts/prompts.json."""
+    from synthshot.stages import write_prompts
+
+    write_prompts(load(config, set_, offline, output), echo=typer.echo)
+
+
+@app.command()
+def features(config: ConfigArg = None, set_: SetOpt = None, offline: OfflineOpt = False,
+             output: OutputOpt = None) -> None:
+    """CLIP image features (single- or multi-scale) of the synthetic, few-shot and test images, cached."""
+    from synthshot.classify.evaluate import compute_features
+
+    compute_features(load(config, set_, offline, output), echo=typer.echo)
+
+
+@app.command("prototypes")
+def build_prototypes(config: ConfigArg = None, set_: SetOpt = None, offline: OfflineOpt = False,
+                     output: OutputOpt = None) -> None:
+    """Per-class prototypes: the mean CLIP feature of each class's synthetic images."""
+    from synthshot.classify.evaluate import build_prototypes as build
+
+    build(load(config, set_, offline, output), echo=typer.echo)
+
+
+@app.command()
+def evaluate(config: ConfigArg = None, set_: SetOpt = None, offline: OfflineOpt = False,
+             output: OutputOpt = None) -> None:
+    """Test accuracy of the training-free classifiers (prototypes, text, combined, Tip-Adapter)."""
+    from synthshot.classify.evaluate import evaluate as run_evaluation
+
+    run_evaluation(load(config, set_, offline, output), echo=typer.echo)
 
 
 @data_app.command("split")
@@ -104,6 +159,31 @@ def generate(
     generate_images(resolved, shard=parse_shard(shard) if shard else None, echo=typer.echo)
 
 
+@app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="Output folder of a run or a sweep.")],
+    max_grid_items: Annotated[int, typer.Option(help="Synthetic items shown per image grid.")] = 12,
+) -> None:
+    """Write FOLDER/report/index.html: accuracy table and plots, similarity, image grids, config."""
+    from synthshot.report import write_report
+
+    write_report(folder, max_grid_items=max_grid_items, echo=typer.echo)
+
+
+@app.command()
+def finetune(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    offline: OfflineOpt = False,
+    output: OutputOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in <output>/finetune.")] = False,
+) -> None:
+    """Fine-tune CLIP with LoRA on the real shots and the synthetic images (`accelerate launch` for several GPUs)."""
+    from synthshot.classify.finetune import finetune as run_finetune
+
+    run_finetune(load(config, set_, offline, output), resume=resume, echo=typer.echo)
+
+
 @models_app.command("make-tiny")
 def make_tiny(
     folder: Annotated[Path, typer.Argument(help="Where to write the kit.")],
@@ -143,7 +223,10 @@ def _quiet_libraries() -> None:
 def main() -> None:
     _quiet_libraries()
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's exit code (typer.Exit) instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SynthshotError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -8,6 +8,7 @@ and values of the wrong type are errors that name the key and, for a typo, the c
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,12 +69,30 @@ class DataConfig(Section):
 
     root: Path | None = Field(None, description="Image folder (root/<class>/<image>) or a peer layout.")
     dataset: str | None = Field(None, description="Registry name (class names for prompts, prompt template).")
-    layout: Literal["auto", "imagefolder", "fewshot_seed", "shot_seed"] = "auto"
-    shots: int = Field(16, ge=1)
+    layout: Literal["auto", "imagefolder", "fewshot_seed", "shot_seed", "coop"] = "auto"
+    split_file: Path | None = Field(
+        None,
+        description="layout coop: the split JSON ([path, label, classname] lists, paths relative to root); "
+        "default: root/synthshot/split_coop.json as written by `synthshot datasets prepare`.",
+    )
+    shots: int = Field(16, ge=0, description="Real images per class; 0 = zero-shot (class names only).")
     split_seed: int = 1
     allow_fewer: bool = Field(False, description="Allow classes with fewer than `shots` images.")
     skip_corrupt: bool = Field(False, description="Skip unreadable images with a warning instead of failing.")
     demo: DemoDataConfig | None = Field(None, description="Draw a demo dataset into <output_dir>/demo-data.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str | None) -> str | None:
+        if value is not None:
+            from synthshot.data.registry import get_dataset
+            from synthshot.errors import DataError
+
+            try:
+                get_dataset(value)
+            except DataError as exc:  # the registry's message names the closest dataset
+                raise ValueError(str(exc)) from None
+        return value
 
 
 class SimilarityConfig(Section):
@@ -95,7 +114,9 @@ class GenerationConfig(Section):
     w_neg: float = Field(6.0, ge=0)
     ip_adapter_scale: float = Field(0.6, ge=0)
     steps: int = Field(50, ge=1)
-    scheduler: Literal["dpm", "ddim", "euler"] = "dpm"
+    scheduler: Literal["dpm", "ddim", "euler", "default"] = Field(
+        "dpm", description="DPM-Solver multistep (DIPSY), DDIM, Euler, or the pipeline's own (default)."
+    )
     height: int = Field(512, ge=8)
     width: int = Field(512, ge=8)
     precision: Precision = "fp16"
@@ -106,6 +127,14 @@ class GenerationConfig(Section):
     empty_text: bool = Field(False, description="Ablation: an empty prompt instead of the class prompt.")
     augment: bool = True
     image_format: Literal["png", "jpeg"] = "png"
+    prompts_file: Path | None = Field(
+        None,
+        description="prompts.json (class -> prompts) to draw prompts from; default: the `prompts` stage's "
+        "output when the run has that stage, else the template.",
+    )
+    prompt_cycle: Literal["all", "first"] = Field(
+        "all", description="Cycle through all of a class's prompts, or use only the first (LGCLIP's official code)."
+    )
 
     @field_validator("template")
     @classmethod
@@ -115,21 +144,152 @@ class GenerationConfig(Section):
         return value
 
 
-STAGES = ("data", "similarity", "generate")
+class PromptsConfig(Section):
+    """Class prompts for text-to-image prototypes (LGCLIP): registry templates or an LLM."""
+
+    backend: Literal["template", "openai", "transformers"] = "template"
+    per_class: int = Field(10, ge=1, description="Prompts per class.")
+    model: str | None = Field(None, description="LLM: the endpoint's model name (openai) or a hub id / folder (transformers).")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="Name of the environment variable holding the API key (never the key itself)."
+    )
+    temperature: float = Field(0.8, ge=0)
+    max_new_tokens: int = Field(512, ge=16)
+    timeout: float = Field(60.0, gt=0, description="Seconds per request.")
+    max_retries: int = Field(3, ge=0, description="Extra requests per class after a failure or too few prompts.")
+    instruction: str | None = Field(None, description="LLM instruction with {n} and {name}; default: LGCLIP's.")
+    min_chars: int = Field(12, ge=1)
+    max_chars: int = Field(300, ge=20)
+    cache_dir: Path | None = Field(None, description="Response cache; default: <output_dir>/prompts/cache.")
+
+
+class EvalDataConfig(Section):
+    """Labelled images to evaluate on: an image folder, a CoOp split file, or the images of
+    `data.root` left out of the few-shot split."""
+
+    source: Literal["heldout", "folder", "coop"] = "heldout"
+    root: Path | None = Field(None, description="folder: root/<class>/<image>; coop: the image root of the split file.")
+    split_file: Path | None = Field(None, description="coop: the split JSON ([path, label, classname] lists).")
+    split: Literal["train", "val", "test"] = "test"
+    max_per_class: int | None = Field(None, ge=1, description="Evaluate on at most this many images per class (seeded).")
+
+
+class FeaturesConfig(Section):
+    """CLIP image features, single- or multi-scale (LGCLIP), cached per file."""
+
+    multiscale: bool = False
+    scales: list[int] = Field(default_factory=lambda: list(range(1, 11)), description="Crop areas s/10 of the image.")
+    seed: int = Field(0, description="Seed of the multi-scale crops (mixed with each image's pixels).")
+    batch_size: int = Field(32, ge=1, description="Images per encoder forward (all their crops together).")
+    precision: Precision = "fp32"
+    backend: Literal["auto", "transformers", "open_clip"] = "auto"
+    adapter: Path | None = Field(None, description="A LoRA adapter folder saved by `synthshot finetune`.")
+
+    @field_validator("scales")
+    @classmethod
+    def _scales_in_range(cls, value: list[int]) -> list[int]:
+        if not value or any(not 1 <= s <= 10 for s in value) or len(set(value)) != len(value):
+            raise ValueError(f"scales must be distinct integers in 1..10, got {value}")
+        return sorted(value)
+
+
+class ClassifierConfig(Section):
+    """Training-free classifiers over CLIP features (`prototypes`, `evaluate`)."""
+
+    methods: list[Literal["prototypes", "text", "combined", "tip_adapter"]] = Field(
+        default_factory=lambda: ["prototypes", "text", "combined", "tip_adapter"]
+    )
+    score: Literal["dot", "cosine"] = Field("dot", description="Prototype scoring: dot product (official) or cosine.")
+    text_templates: Literal["single", "ensemble"] = "single"
+    combine_weight: float = Field(0.5, ge=0, le=1, description="Weight of the image prototypes in `combined`.")
+    tip_alpha: list[float] = Field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 5.0])
+    tip_beta: list[float] = Field(default_factory=lambda: [1.0, 3.0, 5.5, 7.0, 10.0])
+    test: EvalDataConfig = Field(default_factory=EvalDataConfig)
+    val: EvalDataConfig | None = Field(None, description="Validation data to choose alpha/beta and combine weight.")
+
+
+class FinetuneConfig(Section):
+    """CLIP + LoRA fine-tuning on real and synthetic images (DIPSY Eq. 10)."""
+
+    lam: float = Field(0.8, ge=0, le=1, description="Weight of the real-image loss; 1 = real only, 0 = synthetic only.")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    lora_targets: list[Literal["q_proj", "k_proj", "v_proj", "out_proj"]] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"], min_length=1
+    )
+    towers: list[Literal["vision", "text"]] = Field(default_factory=lambda: ["vision", "text"], min_length=1)
+    text_templates: Literal["single", "ensemble"] = Field(
+        "single", description="Class prompts: the dataset's first zero-shot template, or all of them averaged."
+    )
+    lr: float = Field(1e-4, gt=0, lt=1)
+    min_lr: float = Field(1e-8, ge=0, description="Learning rate at the end of the cosine schedule.")
+    weight_decay: float = Field(0.01, ge=0)
+    epochs: int = Field(10, ge=1)
+    warmup_steps: int = Field(50, ge=0)
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="At most this many steps per epoch (quick runs); default: one pass over the data."
+    )
+    batch_size: int = Field(32, ge=2, description="Images per step and process: half real, half synthetic.")
+    eval_batch_size: int = Field(64, ge=1)
+    precision: Precision = "bf16"
+    gradient_checkpointing: bool = False
+    augment: bool = True
+    crop_scale: tuple[float, float] = Field((0.25, 1.0), description="Random resized crop: range of the area kept.")
+    randaugment_ops: int = Field(2, ge=0, description="RandAugment operations per image (0 = none).")
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    color_jitter_prob: float = Field(0.8, ge=0, le=1)
+    num_workers: int = Field(2, ge=0)
+    log_every: int = Field(10, ge=1, description="Steps between lines of metrics.jsonl.")
+    tensorboard: bool = False
+    val: EvalDataConfig | None = None
+    test: EvalDataConfig = Field(default_factory=EvalDataConfig)
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size_even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError(f"batch_size must be even (as many real as synthetic images), got {value}")
+        return value
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {list(value)}")
+        return value
+
+
+STAGES = ("data", "prompts", "similarity", "generate", "features", "prototypes", "finetune", "evaluate", "report")
+DEFAULT_STAGES = ("data", "similarity", "generate")
+Stage = Literal["data", "prompts", "similarity", "generate", "features", "prototypes", "finetune", "evaluate", "report"]
 
 
 class RunConfig(Section):
     """A whole experiment: shared settings plus one section per stage."""
 
+    preset: str | None = Field(None, description="Start from this preset of synthshot/presets (see `synthshot presets`).")
     output_dir: Path = Path("runs/default")
+    synthetic_dir: Path | None = Field(
+        None, description="Where generation writes and readers find the synthetic set; default: output_dir."
+    )
+    sweep: dict[str, list[Any]] | None = Field(
+        None,
+        description="Dotted keys -> lists of values; `run` expands them into one named run per combination.",
+    )
     seed: int = 0
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     offline: bool = Field(False, description="Never touch the network (sets HF_HUB_OFFLINE).")
-    stages: list[Literal["data", "similarity", "generate"]] = Field(default_factory=lambda: list(STAGES))
+    stages: list[Stage] = Field(default_factory=lambda: list(DEFAULT_STAGES))
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -174,11 +334,57 @@ def read_yaml(path: str | Path) -> dict:
     return tree
 
 
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = list_presets()
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.4)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown preset {name!r}: {hint}known presets: {', '.join(known)}")
+    return path
+
+
+def merge_trees(base: dict, top: dict) -> dict:
+    """`top` over `base`, section by section (lists and values of `top` replace those of `base`)."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_trees(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def expand_presets(tree: dict, seen: tuple[str, ...] = ()) -> dict:
+    """Put the tree's `preset` (and the presets it names in turn) underneath it."""
+    name = tree.get("preset")
+    if name is None:
+        return tree
+    if not isinstance(name, str):
+        raise ConfigError(f"preset must be a preset name, got {name!r}")
+    if name in seen:
+        raise ConfigError(f"presets name each other in a loop: {' -> '.join([*seen, name])}")
+    base = expand_presets(read_yaml(preset_path(name)), (*seen, name))
+    return merge_trees(base, tree)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML config (or start from the defaults), apply `key=value` overrides, validate."""
-    tree = read_yaml(path) if path is not None else {}
+    """Read a YAML config (or a preset name, or start from the defaults), apply `key=value`
+    overrides, validate."""
+    if path is not None and not Path(path).is_file() and (PRESETS_DIR / f"{path}.yaml").is_file():
+        tree = {"preset": str(path)}
+    else:
+        tree = read_yaml(path) if path is not None else {}
     for text in overrides:
         apply_override(tree, *parse_override(text))
+    tree = expand_presets(tree)
     return validate_config(tree, RunConfig, source=str(path) if path else "config")
 
 
@@ -201,6 +407,11 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel]) -> s
         return f"unknown key {key}: {hint}"
     got = error.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    if error["type"] == "literal_error" and isinstance(got, str):
+        expected = re.findall(r"'([^']*)'", error.get("ctx", {}).get("expected", ""))
+        close = difflib.get_close_matches(got, expected, n=1, cutoff=0.5)
+        if close:
+            return f"key {key}: {got!r} is not one of {', '.join(expected)}; did you mean {close[0]!r}?"
     return f"key {key}: {error['msg'].lower()}{got_text}"
 
 

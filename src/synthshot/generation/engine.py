@@ -31,8 +31,10 @@ def make_scheduler(name: str, config):
     """A scheduler of the named family, with the pipeline's own noise schedule (`config`)."""
     import diffusers
 
+    if name == "default":  # the scheduler the pipeline folder ships (LGCLIP keeps SD 2.1-base's)
+        return getattr(diffusers, config["_class_name"]).from_config(config)
     if name not in SCHEDULERS:
-        raise ConfigError(f"generation.scheduler {name!r} is not one of {', '.join(SCHEDULERS)}")
+        raise ConfigError(f"generation.scheduler {name!r} is not one of default, {', '.join(SCHEDULERS)}")
     return getattr(diffusers, SCHEDULERS[name]).from_config(config)
 
 

@@ -83,7 +83,7 @@ def plan_items(
     *,
     images_per_class: int,
     base_seed: int,
-    prompts: dict[str, str],
+    prompts: dict[str, str | list[str]],
     mode: Mode,
     negative_probs: dict[str, dict[str, float]] | None,
 ) -> list[WorkItem]:
@@ -92,7 +92,8 @@ def plan_items(
     `split` maps each class to its few-shot image files; `negative_probs[a]` is the distribution
     of the negative class for class `a` over the other classes (DIPSY class-similarity sampling);
     `None` means uniform over the other classes. Positive image, negative class and negative image
-    are drawn in that order from a generator seeded with the item seed alone.
+    are drawn in that order from a generator seeded with the item seed alone. A class's prompt is
+    one string, or a list that image `index` cycles through (`prompts[index % len]`).
     """
     if mode not in MODES:
         raise ConfigError(f"generation.mode {mode!r} is not one of {list(MODES)}")
@@ -105,6 +106,9 @@ def plan_items(
     missing_prompts = [name for name in classes if name not in prompts]
     if missing_prompts:
         raise DataError(f"no prompt for the classes {missing_prompts}: give one prompt per class")
+    empty_prompts = [name for name in classes if not isinstance(prompts[name], str) and not prompts[name]]
+    if empty_prompts:
+        raise DataError(f"the prompt lists of the classes {empty_prompts} are empty: give at least one prompt")
     if mode != "text":
         for name in classes:
             if not split[name]:
@@ -136,13 +140,17 @@ def plan_items(
                     label=label,
                     index=index,
                     seed=seed,
-                    prompt=prompts[name],
+                    prompt=_prompt_for(prompts[name], index),
                     positive_file=positive,
                     negative_class=negative_class,
                     negative_file=negative_file,
                 )
             )
     return items
+
+
+def _prompt_for(prompts: str | list[str], index: int) -> str:
+    return prompts if isinstance(prompts, str) else prompts[index % len(prompts)]
 
 
 def _negative_rows(

@@ -1,0 +1,1 @@
+"""Classifiers over CLIP features: training-free prototypes and caches, LoRA fine-tuning, metrics."""

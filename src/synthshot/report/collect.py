@@ -1,0 +1,203 @@
+"""Find the runs under an output folder and read what the report shows of them.
+
+A run is a folder holding `results.json` (written by `evaluate` or `finetune`); its results are
+every `results.json` at or below it. A folder without one is searched one level down, so an output
+folder is either a single run or a sweep whose subfolders are runs (nested sweeps work the same
+way). The parts a run may share with its sweep (the class similarity, the synthetic images and
+their manifest, the resolved config) are looked up from the run folder upwards to the output
+folder, nearest first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthshot.errors import DataError
+from synthshot.results import RESULTS_FILE, find_results, read_results
+
+REPORT_DIR = "report"
+CONFIG_FILE = "config.resolved.yaml"
+SIMILARITY_DIR = "similarity"
+MANIFEST_FILE = "manifest.jsonl"
+RESULT_STAGES = ("evaluate", "finetune")
+# The run fields the accuracy table shows and the plots may vary along.
+RUN_FIELDS = ("dataset", "shots", "images_per_class", "backbone")
+
+
+@dataclass
+class Entry:
+    """One results entry (a method evaluated on a split) of one run."""
+
+    run: str
+    stage: str
+    method: str
+    split: str
+    params: dict
+    selected_on: str | None
+    metrics: dict
+    source: Path  # the results.json it came from
+
+    @property
+    def top1(self) -> float | None:
+        return _number(self.metrics.get("top1"))
+
+    @property
+    def balanced_top1(self) -> float | None:
+        return _number(self.metrics.get("balanced_top1"))
+
+
+@dataclass
+class Run:
+    """A run folder and what the report reads from it."""
+
+    name: str
+    folder: Path
+    info: dict[str, Any]  # the `run` block: name, dataset, shots, images_per_class, backbone
+    entries: list[Entry] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    config_file: Path | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    similarity_dir: Path | None = None  # holds similarity/similarity.safetensors
+    images_dir: Path | None = None  # holds manifest.jsonl and synthetic/
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _skipped(path: Path, out: Path) -> bool:
+    """Files inside hidden folders or the report's own folder are not results."""
+    parts = path.relative_to(out).parts[:-1]
+    return any(part.startswith(".") for part in parts) or (parts[:1] == (REPORT_DIR,))
+
+
+RESULT_STAGES = ("evaluate", "finetune")
+
+
+def _run_folders(folder: Path, results: list[Path]) -> list[Path]:
+    """The run folders at or below `folder`, given every results file under it."""
+    # A run keeps its results in itself or in its stage folders (evaluate/, finetune/).
+    if any(folder / sub / RESULTS_FILE in results for sub in ("", *RESULT_STAGES)):
+        return [folder]
+    children = sorted({folder / path.relative_to(folder).parts[0] for path in results if path.parent != folder})
+    runs: list[Path] = []
+    for child in children:
+        runs += _run_folders(child, [path for path in results if child in path.parents])
+    return runs
+
+
+def _nearest(start: Path, out: Path, relative: str) -> Path | None:
+    """The first folder from `start` up to `out` (both included) that holds `relative`."""
+    for folder in (start, *start.parents):
+        if (folder / relative).exists():
+            return folder
+        if folder == out:
+            break
+    return None
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"{path} is not readable YAML ({exc}): delete it and rerun the stage that wrote it") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _read_run(folder: Path, out: Path, results: list[Path]) -> Run:
+    files = [path for path in results if path.parent == folder or folder in path.parents]
+    # The run's own results.json first, so its `run`, `config` and `versions` win.
+    files.sort(key=lambda path: (path.parent != folder, str(path)))
+    run = Run(name="", folder=folder, info={})
+    loaded = [(path, read_results(path)) for path in files]
+    for path, data in loaded:
+        for key, value in (data.get("run") or {}).items():
+            run.info.setdefault(key, value)
+        if not run.config and isinstance(data.get("config"), dict):
+            run.config = data["config"]
+        for key, value in (data.get("versions") or {}).items():
+            run.versions.setdefault(str(key), str(value))
+    relative = folder.relative_to(out).as_posix()
+    run.name = str(run.info.get("name") or (folder.name if relative == "." else relative))
+    for path, data in loaded:
+        for number, item in enumerate(data["results"], start=1):
+            if not isinstance(item, dict) or not isinstance(item.get("metrics"), dict):
+                raise DataError(
+                    f"{path} results entry {number} has no 'metrics' object: it was not written by synthshot; "
+                    "rerun the stage that wrote it"
+                )
+            run.entries.append(
+                Entry(
+                    run=run.name,
+                    stage=str(data.get("stage") or "?"),
+                    method=str(item.get("method", "?")),
+                    split=str(item.get("split", "?")),
+                    params=item.get("params") if isinstance(item.get("params"), dict) else {},
+                    selected_on=item.get("selected_on"),
+                    metrics=item["metrics"],
+                    source=path,
+                )
+            )
+    config_folder = _nearest(folder, out, CONFIG_FILE)
+    if config_folder is not None:
+        run.config_file = config_folder / CONFIG_FILE
+        if not run.config:
+            run.config = _read_yaml(run.config_file)
+    similarity = _nearest(folder, out, f"{SIMILARITY_DIR}/similarity.safetensors")
+    run.similarity_dir = similarity / SIMILARITY_DIR if similarity is not None else None
+    run.images_dir = _synthetic_dir(run.config) or _nearest(folder, out, MANIFEST_FILE)
+    return run
+
+
+def _synthetic_dir(config: dict) -> Path | None:
+    """The config's `synthetic_dir` (where generation wrote, if not in the run folder) when it
+    holds a manifest."""
+    value = config.get("synthetic_dir")
+    if not value:
+        return None
+    folder = Path(str(value)).resolve()
+    return folder if (folder / MANIFEST_FILE).is_file() else None
+
+
+def collect_runs(out: str | Path) -> list[Run]:
+    """Every run under `out` (a single run or a sweep), in folder order.
+
+    Raises DataError when `out` is not a folder or holds no results.
+    """
+    out = Path(out).resolve()
+    if not out.is_dir():
+        raise DataError(f"{out} is not a folder: give the output folder of a run or a sweep")
+    results = [path for path in find_results(out) if path.is_file() and not _skipped(path, out)]
+    if not results:
+        raise DataError(
+            f"{out} holds no {RESULTS_FILE}, so there is nothing to report: results are written by the "
+            f"{' and '.join(RESULT_STAGES)} stages; run `synthshot run CONFIG` with them in its `stages` first"
+        )
+    runs = [_read_run(folder, out, results) for folder in _run_folders(out, results)]
+    # Two runs that call themselves the same are told apart by their folders.
+    names = [run.name for run in runs]
+    for run in runs:
+        if names.count(run.name) > 1:
+            run.name = f"{run.name} ({run.folder.relative_to(out).as_posix()})"
+            for entry in run.entries:
+                entry.run = run.name
+    return runs
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

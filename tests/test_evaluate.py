@@ -1,0 +1,99 @@
+"""The training-free stages end to end on the tiny kit: features, prototypes, evaluate, and the
+whole quickstart (every stage, then a rerun that redoes nothing)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from synthshot.config import load_config
+from synthshot.errors import DataError
+from synthshot.results import read_results
+from synthshot.runs import run_stages
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quiet(*_):
+    pass
+
+
+def base_overrides(tmp_path, kit):
+    return [
+        f"output_dir={tmp_path / 'out'}", f"models.tiny_kit={kit}", "data.demo.classes=3",
+        "data.demo.images_per_class=4", "data.demo.size=32", "generation.images_per_class=2",
+        "generation.steps=2", "generation.height=32", "generation.width=32", "generation.precision=fp32",
+        "features.batch_size=8",
+    ]
+
+
+def test_zero_shot_lgclip_flow_with_validation_choices(tmp_path, tiny_kit):
+    """LGCLIP: class names only, template prompts, text-to-image prototypes, multi-scale features;
+    alpha/beta and the mixture weight are chosen on a validation folder, never on test."""
+    val = tmp_path / "val"
+    for i, name in enumerate(["circle", "square", "triangle"]):
+        (val / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (80 * i, 40, 200 - 60 * i)).save(val / name / "v.png")
+    config = load_config(None, [
+        *base_overrides(tmp_path, tiny_kit), "data.shots=0", "generation.mode=text", "prompts.per_class=3",
+        "features.multiscale=true", "features.scales=[5, 10]", "classifier.val.source=folder",
+        f"classifier.val.root={val}", "classifier.tip_alpha=[0.5, 2.0]", "classifier.tip_beta=[1.0]",
+        "stages=[data, prompts, generate, features, prototypes, evaluate]",
+    ])
+    run_stages(config, echo=quiet)
+    out = config.output_dir
+    prompts = json.loads((out / "prompts" / "prompts.json").read_text())
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(r["prompt"] in prompts[r["class_name"]] for r in records)
+    assert {r["prompt"] for r in records if r["class_name"] == "circle"} == set(prompts["circle"][:2])  # cycled
+
+    results = read_results(out / "evaluate" / "results.json")
+    by = {(e["method"], e["split"]): e for e in results["results"]}
+    assert set(by) == {(m, s) for m in ("prototypes", "text", "combined", "tip_adapter") for s in ("val", "test")}
+    test = by["tip_adapter", "test"]
+    assert test["selected_on"] == "val" and test["params"]["alpha"] in (0.5, 2.0)
+    assert test["metrics"]["num_images"] == 12  # zero-shot: every demo image is a test image
+    assert by["prototypes", "test"]["selected_on"] is None
+    assert results["run"]["shots"] == 0 and results["config"]["features"]["multiscale"] is True
+    info = json.loads((out / "prototypes" / "prototypes.json").read_text())
+    assert info["images_per_class"] == {"circle": 2, "square": 2, "triangle": 2}
+
+
+def test_missing_synthetic_class_is_named(tmp_path, tiny_kit):
+    config = load_config(None, [*base_overrides(tmp_path, tiny_kit), "data.shots=0", "generation.mode=text",
+                                "stages=[data, generate]"])
+    run_stages(config, echo=quiet)
+    out = config.output_dir
+    lines = [line for line in (out / "manifest.jsonl").read_text().splitlines() if '"square"' not in line]
+    (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    shutil.rmtree(out / "synthetic" / "square")
+    from synthshot.classify.evaluate import build_prototypes
+
+    with pytest.raises(DataError, match="'square'"):
+        build_prototypes(config, echo=quiet)
+
+
+def test_quickstart_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path, tiny_kit, monkeypatch):
+    import synthshot.classify.evaluate as evaluation
+
+    config = load_config(ROOT / "examples" / "quickstart.yaml", [
+        f"output_dir={tmp_path / 'quick'}", f"models.tiny_kit={tiny_kit}", "finetune.epochs=1",
+    ])
+
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # a Ctrl-C during evaluate
+        patch.setattr(evaluation, "evaluate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_stages(config, echo=quiet)
+    assert run_stages(config, echo=quiet) == ["evaluate", "report"]  # what had finished is not redone
+    out = config.output_dir
+    assert read_results(out / "evaluate" / "results.json")["results"]
+    assert read_results(out / "finetune" / "results.json")["results"][0]["method"] == "finetune"
+    assert (out / "report" / "index.html").is_file()
+    assert run_stages(config, echo=quiet) == []
