@@ -97,3 +97,47 @@ def test_quickstart_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path, tiny_k
     assert read_results(out / "finetune" / "results.json")["results"][0]["method"] == "finetune"
     assert (out / "report" / "index.html").is_file()
     assert run_stages(config, echo=quiet) == []
+
+
+def test_sweep_shares_and_extends_the_synthetic_set_and_reports_once(tmp_path, tiny_kit):
+    from synthshot.runs import run
+
+    lines = []
+    config = load_config(None, [
+        *base_overrides(tmp_path, tiny_kit), "data.shots=0", "generation.mode=text",
+        "classifier.methods=[prototypes]", "stages=[data, generate, features, prototypes, evaluate, report]",
+        "sweep={generation.images_per_class: [1, 2]}",
+    ])
+    runs = run(config, echo=lines.append)
+    shared = runs[0].synthetic_dir
+    assert shared == runs[1].synthetic_dir
+    records = [json.loads(line) for line in (shared / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in records) == [0, 0, 0, 1, 1, 1]  # the 2-image run extended the 1-image set
+    for one, per_class in zip(runs, (1, 2)):
+        info = json.loads((one.output_dir / "prototypes" / "prototypes.json").read_text())
+        assert set(info["images_per_class"].values()) == {per_class}
+        assert read_results(one.output_dir / "evaluate" / "results.json")["run"]["images_per_class"] == per_class
+    table = next(line for line in lines if "test top-1" in line)
+    assert "images_per_class=1" in table and "images_per_class=2" in table
+    assert (config.output_dir / "report" / "index.html").is_file()
+
+
+def test_lgclip_example_stage_by_stage_through_the_cli(tmp_path, tiny_kit):
+    from typer.testing import CliRunner
+
+    from synthshot.cli import app
+
+    example = str(ROOT / "examples" / "lgclip_quickstart.yaml")
+    common = ["--set", f"models.tiny_kit={tiny_kit}", "--output", str(tmp_path / "lg")]
+    runner = CliRunner()
+    for verb in (["prompts"], ["generate", "--mode", "text"], ["features", "--set", "features.multiscale=false"],
+                 ["features"], ["evaluate"]):
+        result = runner.invoke(app, [verb[0], example, *common, *verb[1:]])
+        assert result.exit_code == 0, result.output
+    out = tmp_path / "lg"
+    caches = sorted(p.name for p in (out / "features").glob("test_*.safetensors"))
+    assert len(caches) == 2 and any("_ms1-2-3" in name for name in caches)  # single and multi-scale, apart
+    results = read_results(out / "evaluate" / "results.json")
+    assert results["run"]["shots"] == 0 and results["config"]["features"]["multiscale"] is True
+    assert {e["method"] for e in results["results"]} == {"prototypes", "text", "combined", "tip_adapter"}
+    assert results["results"][0]["metrics"]["num_images"] == 24

@@ -65,6 +65,7 @@ def test_sweep_expands_names_and_shares_the_synthetic_set(tmp_path):
     assert by[10, 0.0].synthetic_dir == by[20, 0.0].synthetic_dir
     assert by[10, 0.0].synthetic_dir != by[10, 6.0].synthetic_dir
     assert by[10, 0.0].synthetic_dir.parent == tmp_path / "shared"
+    assert {r.prompts.cache_dir for r in runs} == {tmp_path / "shared" / "prompts-cache"}  # one LLM answer per class
 
 
 def test_sweep_that_would_overwrite_a_run_is_refused(tmp_path):

@@ -196,6 +196,8 @@ def expand_sweep(config: RunConfig) -> list[RunConfig]:
             )
         names[name] = label
         tree["output_dir"] = str(Path(config.output_dir) / name)
+        if tree["prompts"].get("cache_dir") is None:  # one LLM answer per class for the whole sweep
+            tree["prompts"]["cache_dir"] = str(Path(config.output_dir) / SHARED / "prompts-cache")
         run = validate_config(tree, RunConfig, source=f"sweep run {label}")
         runs.append(_share_synthetic(run, Path(config.output_dir)))
     return runs

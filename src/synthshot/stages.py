@@ -1,12 +1,14 @@
-"""The stages of an experiment, each a function of the resolved config that reads and writes plain
-files under `config.output_dir`:
+"""The first stages of an experiment, each a function of the resolved config that reads and
+writes plain files under `config.output_dir`:
 
-    data        few-shot split        -> splits/<dataset>_shot<K>_seed<S>.json
+    data        few-shot split        -> splits/<dataset>_shot<K>_seed<S>.json (none when zero-shot)
+    prompts     class prompts         -> prompts/prompts.json
     similarity  class similarity      -> similarity/similarity.safetensors, negatives.csv
     generate    synthetic images      -> synthetic/<class_slug>/<id>.png, manifest.jsonl
 
-`run` chains the stages the config lists. Every stage writes the resolved config next to its
-outputs, and every stage can be rerun: finished work is kept.
+The classifier stages (features, prototypes, evaluate) are in `classify/evaluate.py`, fine-tuning
+in `classify/finetune.py`, the report in `report/`; `runs.py` chains them all. Every stage writes
+the resolved config next to its outputs, and every stage can be rerun: finished work is kept.
 """
 
 from __future__ import annotations

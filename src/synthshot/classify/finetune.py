@@ -391,17 +391,17 @@ def evaluation_sets(config, data):
     """(validation, test) labelled images: held out from the few-shot split, and disjoint from
     each other, so that what chooses the epoch never overlaps what reports the accuracy."""
     from synthshot.data.labelled import load_labelled_images
-    from synthshot.stages import data_root
+    from synthshot.stages import data_root, resolve_eval_source
 
     settings = config.finetune
     classes = list(data.split)
     exclude = {Path(p).resolve() for files in data.split.values() for p in files}
     root = data_root(config) if (config.data.root is not None or config.data.demo is not None) else None
     load = {"data_root": root, "exclude": exclude, "seed": config.seed}
-    test = load_labelled_images(settings.test, classes, data.class_names, **load)
+    test = load_labelled_images(resolve_eval_source(config, settings.test), classes, data.class_names, **load)
     if settings.val is None:
         return None, test
-    val = load_labelled_images(settings.val, classes, data.class_names, **load)
+    val = load_labelled_images(resolve_eval_source(config, settings.val), classes, data.class_names, **load)
     shared = {p.resolve() for p in val.files} & {p.resolve() for p in test.files}
     if shared:
         raise ConfigError(
