@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -160,19 +159,9 @@ def benchmark(name: str, encoder, files, batch_size: int, repeats: int, encode_r
 
 
 def machine_line(device: str) -> str:
-    if device.startswith("cuda"):
-        where = torch.cuda.get_device_name(device)
-    else:
-        where = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    where = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        where = f"{where}, {os.cpu_count()} logical CPUs"
-    return f"machine: {where}; {torch.get_num_threads()} torch threads; torch {torch.__version__}, python {platform.python_version()}"
+    from machine import machine_line as describe
+
+    return describe(device)
 
 
 def load_line() -> str:

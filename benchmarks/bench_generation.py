@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -451,23 +450,9 @@ def bench_generate(
 # ------------------------------------------------------------------------------------ report
 def machine_line(device: torch.device) -> str:
     import diffusers
+    from machine import machine_line as describe
 
-    if device.type == "cuda":
-        where = torch.cuda.get_device_name(device)
-    else:
-        where = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    where = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        where = f"{where}, {os.cpu_count()} logical CPUs"
-    return (
-        f"machine: {where}; {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
-        f"diffusers {diffusers.__version__}, python {platform.python_version()}"
-    )
+    return describe(device, f"diffusers {diffusers.__version__}")
 
 
 def load_line(own_threads: int = 0) -> str:

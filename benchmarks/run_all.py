@@ -31,7 +31,7 @@ BENCHMARKS = {
 
 def generation_rows(data: dict) -> list[tuple[str, str, float, str]]:
     return [
-        (f"dual-guidance step, {r['name']}", "official 3 calls / gated 1 call", r["ratio"],
+        (r['name'], "official 3 calls / gated 1 call", r["ratio"],
          f"{r['official_median_s']:.3f} s vs {r['gated_median_s']:.3f} s")
         for r in data["steps"]
     ]

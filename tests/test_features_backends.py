@@ -104,20 +104,13 @@ def test_open_clip_encoder_runs_its_own_transform_and_crops():
 
 
 def test_a_lora_adapter_changes_the_features_and_is_recorded(tiny_kit, hub_options, tmp_path, monkeypatch):
-    from synthshot.classify.lora import LoraSettings, adapter_info, add_lora, model_probe, save_adapter
+    from lora_fixtures import trained_adapter
+    from synthshot.classify.lora import LoraSettings
     from synthshot.features.extract import encode_pil_images, extract_features
     from synthshot.models.clip import load_clip
 
     bundle = load_clip(str(tiny_kit / "clip"), hub_options)
-    settings = LoraSettings(towers=("vision",))
-    probe = model_probe(bundle.model)
-    peft_model = add_lora(bundle.model, settings)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.5)
-    save_adapter(peft_model, tmp_path / "adapter", adapter_info(bundle.name, probe, settings, ["a"], {"a": ["x"]}))
+    trained_adapter(bundle, tmp_path / "adapter", LoraSettings(towers=("vision",)), {"a": ["x"]})
 
     plain = load_image_encoder(str(tiny_kit / "clip"), hub_options)
     adapted = load_image_encoder(str(tiny_kit / "clip"), hub_options, adapter=tmp_path / "adapter")

@@ -10,13 +10,11 @@ from synthshot.classify.lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     LoraSettings,
-    adapter_info,
     add_lora,
     apply_adapter,
     check_adapter,
-    model_probe,
-    save_adapter,
 )
+from lora_fixtures import trained_adapter
 from synthshot.errors import ModelError
 from synthshot.models.clip import load_clip
 
@@ -27,17 +25,7 @@ def bundle(tiny_kit, hub_options):
 
 
 def _trained_adapter(bundle, folder, settings=None):
-    """An adapter with non-zero LoRA B matrices (a fresh one is the identity) saved in `folder`."""
-    settings = settings or LoraSettings()
-    probe = model_probe(bundle.model)
-    peft_model = add_lora(bundle.model, settings)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.5)
-    save_adapter(peft_model, folder, adapter_info(bundle.name, probe, settings, ["a", "b"], {"a": ["x"], "b": ["y"]}))
-    return peft_model
+    return trained_adapter(bundle, folder, settings)
 
 
 def test_only_lora_matrices_of_the_chosen_towers_and_projections_train(bundle):
