@@ -96,6 +96,10 @@ def test_every_preset_loads_and_names_a_dataset():
 def test_unknown_preset_stage_and_dataset_suggest_the_closest(tmp_path):
     with pytest.raises(ConfigError, match="unknown preset 'dipsy-dtdd': did you mean 'dipsy-dtd'"):
         load_config(None, ["preset=dipsy-dtdd"])
+    with pytest.raises(ConfigError, match="unknown preset 'lgclip-cubb': did you mean 'lgclip-cub'"):
+        load_config("lgclip-cubb")  # `synthshot run lgclip-cubb`
+    with pytest.raises(ConfigError, match="config file .*missing.yaml does not exist"):
+        load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="did you mean 'evaluate'"):
         load_config(None, ["stages=[data, evalute]"])
     with pytest.raises(ConfigError, match="did you mean 'eurosat'"):

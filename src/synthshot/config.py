@@ -378,8 +378,8 @@ def expand_presets(tree: dict, seen: tuple[str, ...] = ()) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config (or a preset name, or start from the defaults), apply `key=value`
     overrides, validate."""
-    if path is not None and not Path(path).is_file() and (PRESETS_DIR / f"{path}.yaml").is_file():
-        tree = {"preset": str(path)}
+    if path is not None and not Path(path).is_file() and Path(path).suffix not in (".yaml", ".yml"):
+        tree = {"preset": str(path)}  # a preset name; an unknown one is an error naming the closest
     else:
         tree = read_yaml(path) if path is not None else {}
     for text in overrides:
