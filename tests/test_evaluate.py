@@ -61,6 +61,10 @@ def test_zero_shot_lgclip_flow_with_validation_choices(tmp_path, tiny_kit):
     assert results["run"]["shots"] == 0 and results["config"]["features"]["multiscale"] is True
     info = json.loads((out / "prototypes" / "prototypes.json").read_text())
     assert info["images_per_class"] == {"circle": 2, "square": 2, "triangle": 2}
+    from synthshot.classify.evaluate import load_prototypes
+
+    prototypes, classes = load_prototypes(out / "prototypes")
+    assert classes == ["circle", "square", "triangle"] and prototypes.shape[0] == 3
 
 
 def test_missing_synthetic_class_is_named(tmp_path, tiny_kit):

@@ -163,7 +163,7 @@ def _has_synthetic(config: RunConfig) -> bool:
 # ---------------------------------------------------------------------------------- prototypes
 def build_prototypes(config: RunConfig, *, encoder=None, gathered: EvaluationData | None = None, echo=print):
     """Per-class means of the synthetic features, saved with their class list."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from synthshot.classify.prototypes import class_prototypes
     from synthshot.io import atomic_write_bytes
@@ -176,11 +176,7 @@ def build_prototypes(config: RunConfig, *, encoder=None, gathered: EvaluationDat
     prototypes = class_prototypes(features, synthetic.labels, gathered.classes)
 
     folder = config.output_dir / "prototypes"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".tmp-{PROTOTYPES_FILE}"
-    save_file({"prototypes": prototypes.contiguous()}, str(tmp))
-    atomic_write_bytes(folder / PROTOTYPES_FILE, tmp.read_bytes())
-    tmp.unlink()
+    atomic_write_bytes(folder / PROTOTYPES_FILE, save({"prototypes": prototypes.contiguous()}))
     counts = torch.bincount(torch.tensor(synthetic.labels), minlength=len(gathered.classes)).tolist()
     atomic_write_json(
         folder / "prototypes.json",
