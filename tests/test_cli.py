@@ -56,13 +56,21 @@ generation: {{images_per_class: 6, steps: 2, height: 32, width: 32, batch_size: 
     return path
 
 
+def set_folder(out: Path) -> Path:
+    """The run's synthetic set: `synthetic-<key>` (one per settings)."""
+    found = sorted(out.glob("synthetic-*"))
+    assert len(found) <= 1, found
+    return found[0] if found else out / "synthetic-none"
+
+
 def manifest_lines(out: Path) -> int:
-    manifest = out / "manifest.jsonl"
+    manifest = set_folder(out) / "manifest.jsonl"
     return len(manifest.read_text().splitlines()) if manifest.exists() else 0
 
 
 def images(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "synthetic").rglob("*.png"))}
+    folder = set_folder(out)
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted((folder / "synthetic").rglob("*.png"))}
 
 
 def test_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, tiny_kit):
@@ -99,7 +107,8 @@ def test_failed_items_make_a_nonzero_exit(tmp_path, tiny_kit):
     split = next((out / "splits").glob("*.json"))
     import json
 
-    first = json.loads(split.read_text())["circle"][0]
+    saved = json.loads(split.read_text())
+    first = str(Path(saved["root"]) / saved["classes"]["circle"][0])
     Path(first).write_bytes(b"garbage")
     # Single mode: no similarity stage, which would stop at the bad file before any item.
     result = synthshot("generate", config, "--mode", "single")

@@ -3,6 +3,7 @@ whole quickstart (every stage, then a rerun that redoes nothing)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +14,8 @@ from PIL import Image
 from synthshot.config import load_config
 from synthshot.errors import DataError
 from synthshot.results import read_results
-from synthshot.runs import run_stages
+from synthshot.experiment import Experiment
+from synthshot.runs import run_stage, run_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +49,7 @@ def test_zero_shot_lgclip_flow_with_validation_choices(tmp_path, tiny_kit):
     run_stages(config, echo=quiet)
     out = config.output_dir
     prompts = json.loads((out / "prompts" / "prompts.json").read_text())
-    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (Experiment(config).layout.synthetic / "manifest.jsonl").read_text().splitlines()]
     assert len(records) == 6 and all(r["prompt"] in prompts[r["class_name"]] for r in records)
     assert {r["prompt"] for r in records if r["class_name"] == "circle"} == set(prompts["circle"][:2])  # cycled
 
@@ -71,18 +73,17 @@ def test_missing_synthetic_class_is_named(tmp_path, tiny_kit):
     config = load_config(None, [*base_overrides(tmp_path, tiny_kit), "data.shots=0", "generation.mode=text",
                                 "stages=[data, generate]"])
     run_stages(config, echo=quiet)
-    out = config.output_dir
+    out = Experiment(config).layout.synthetic
     lines = [line for line in (out / "manifest.jsonl").read_text().splitlines() if '"square"' not in line]
     (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     shutil.rmtree(out / "synthetic" / "square")
-    from synthshot.classify.evaluate import build_prototypes
 
     with pytest.raises(DataError, match="'square'"):
-        build_prototypes(config, echo=quiet)
+        run_stage(Experiment(config), "prototypes", echo=quiet)
 
 
 def test_quickstart_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path, tiny_kit, monkeypatch):
-    import synthshot.classify.evaluate as evaluation
+    from synthshot.stages import STAGES
 
     config = load_config(ROOT / "examples" / "quickstart.yaml", [
         f"output_dir={tmp_path / 'quick'}", f"models.tiny_kit={tiny_kit}", "finetune.epochs=1",
@@ -92,7 +93,7 @@ def test_quickstart_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path, tiny_k
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:  # a Ctrl-C during evaluate
-        patch.setattr(evaluation, "evaluate", interrupted)
+        patch.setitem(STAGES, "evaluate", dataclasses.replace(STAGES["evaluate"], run=interrupted))
         with pytest.raises(KeyboardInterrupt):
             run_stages(config, echo=quiet)
     assert run_stages(config, echo=quiet) == ["evaluate", "report"]  # what had finished is not redone

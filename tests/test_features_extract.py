@@ -161,14 +161,14 @@ def test_cache_of_another_model_or_other_settings_is_recomputed_with_a_log_line(
     assert load_feature_set(cache).encoder == other.fingerprint
     assert torch.equal(load_feature_set(cache).features, result.features)
 
-    # Another model folder.
-    copy = tmp_path / "clip-copy"
+    # Another model folder, behind a long path: the message names it in full, wherever the test runs.
+    copy = tmp_path / ("a-folder-with-a-long-name-" * 4) / "clip-copy"
     shutil.copytree(tiny_kit / "clip", copy)
     moved = load_image_encoder(str(copy), hub_options)
     moved_calls = count_calls(moved, monkeypatch)
     caplog.clear()
     extract_features(moved, images[:2], multiscale=True, scales=[5, 10], batch_size=2, cache=cache, progress=False)
-    assert moved_calls == [4] and "another model" in caplog.text and "clip-copy" in caplog.text
+    assert moved_calls == [4] and "another model" in caplog.text and f"-> {copy}" in caplog.text
 
 
 @pytest.mark.parametrize("damage", ["sidecar", "tensor", "mismatch"])

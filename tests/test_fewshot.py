@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from io import BytesIO
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from synthshot.data import fewshot
 from synthshot.data.fewshot import (
     load_split,
     make_fewshot_split,
@@ -237,6 +239,113 @@ def test_load_missing_listed_files(tmp_path):
     message = str(info.value)
     assert "5 missing" in message and "gone0.png" in message and "gone2.png" in message
     assert "gone4.png" not in message and "and 2 more" in message
+
+
+def _saved_with_root(run: Path, shots: int = 2) -> tuple[Path, Path, dict[str, list[Path]]]:
+    """A run folder holding its data (run/data/<class>/...) and a split saved relative to it."""
+    data = run / "data"
+    for name in ("cat", "dog"):
+        write_class(data / name, 4)
+    split = make_fewshot_split(scan_image_folder(data), shots, seed=0)
+    path = split_path(run, "data", shots, 0)
+    fewshot.save_split(path, split, root=data)
+    return path, data, split
+
+
+def test_save_split_with_root_stores_relative_paths_and_the_root(tmp_path):
+    path, data, split = _saved_with_root(tmp_path / "run")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    assert raw["format"] == "synthshot-split-2"
+    assert raw["root"] == data.as_posix() and Path(raw["root"]).is_absolute()
+    assert list(raw["classes"]) == list(split)
+    for name, files in split.items():
+        assert raw["classes"][name] == [p.relative_to(data).as_posix() for p in files]  # selection order kept
+    assert not any(Path(p).is_absolute() for files in raw["classes"].values() for p in files)
+    assert fewshot.split_root(path) == data
+    assert load_split(path) == split
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # written atomically, no temporary left
+
+
+def test_save_split_with_relative_root_and_a_file_outside_it(tmp_path, monkeypatch):
+    inside = write_class(tmp_path / "data" / "cat", 2)
+    outside = write_class(tmp_path / "elsewhere" / "cat", 1)
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "s.json"
+    fewshot.save_split(path, {"cat": [Path("data/cat/01.png"), outside[0], inside[0]]}, root=Path("data"))
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    assert raw["root"] == (tmp_path / "data").as_posix()  # absolute at save time
+    assert raw["classes"]["cat"] == ["cat/01.png", outside[0].as_posix(), "cat/00.png"]
+    monkeypatch.chdir(outside[0].parent)  # the working directory must not matter when loading
+    assert load_split(path) == {"cat": [inside[1], outside[0], inside[0]]}
+
+
+def test_copied_run_loads_from_the_copy(tmp_path):
+    # `cp -a run copy` of a run whose data lives inside it: the copy's split must point into the copy.
+    path, data, split = _saved_with_root(tmp_path / "run")
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "run", copy, symlinks=True)
+    new_data = copy / "data"
+    loaded = load_split(copy / path.relative_to(tmp_path / "run"), root=new_data)
+    assert loaded == {name: [new_data / p.relative_to(data) for p in files] for name, files in split.items()}
+    assert all(p.is_relative_to(new_data) and p.is_file() for files in loaded.values() for p in files)
+    shutil.rmtree(tmp_path / "run")  # the copy does not depend on the original
+    assert load_split(copy / path.relative_to(tmp_path / "run"), root=str(new_data)) == loaded
+
+
+def test_moved_data_without_the_files_names_both_roots(tmp_path):
+    path, data, _ = _saved_with_root(tmp_path / "run")
+    looked = tmp_path / "empty"
+    looked.mkdir()
+    with pytest.raises(DataError) as info:
+        load_split(path, root=looked)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message and str(data) in message and str(looked) in message
+    assert "data.root" in message and "make the split again" in message
+
+
+def test_moved_data_loaded_from_the_recorded_root(tmp_path):
+    path, data, split = _saved_with_root(tmp_path / "run")
+    data.rename(tmp_path / "moved")
+    with pytest.raises(DataError, match="lists 4 missing image") as info:
+        load_split(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    moved = load_split(path, root=tmp_path / "moved")
+    assert moved == {name: [tmp_path / "moved" / p.relative_to(data) for p in files] for name, files in split.items()}
+
+
+def test_old_format_still_loads(tmp_path):
+    files = write_class(tmp_path / "data" / "cat", 2)
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"cat": [files[1].as_posix(), files[0].as_posix()]}))
+    assert fewshot.split_root(path) is None
+    assert load_split(path) == {"cat": [files[1], files[0]]}
+    # The root argument does not move an old split's absolute paths.
+    assert load_split(path, root=tmp_path / "elsewhere") == {"cat": [files[1], files[0]]}
+    fewshot.save_split(tmp_path / "again.json", {"cat": files})  # without a root: the old format
+    assert json.loads((tmp_path / "again.json").read_text()) == {"cat": [f.as_posix() for f in files]}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"format": "synthshot-split-9", "root": "/d", "classes": {"cat": ["a.png"]}}, "unknown format"),
+        ({"format": "synthshot-split-2", "classes": {"cat": ["a.png"]}}, "'root' must be an absolute path"),
+        ({"format": "synthshot-split-2", "root": "rel", "classes": {"cat": ["a.png"]}}, "'root' must be an absolute"),
+        ({"format": "synthshot-split-2", "root": 3, "classes": {"cat": ["a.png"]}}, "'root' must be an absolute"),
+        ({"format": "synthshot-split-2", "root": "/d"}, "'classes' must hold a non-empty JSON object"),
+        ({"format": "synthshot-split-2", "root": "/d", "classes": []}, "'classes' must hold a non-empty"),
+        ({"format": "synthshot-split-2", "root": "/d", "classes": {"cat": []}}, "'cat' must map to a non-empty"),
+        ({"format": "synthshot-split-2", "root": "/d", "classes": {"cat": ["a", "a"]}}, "same image twice"),
+        ({"format": "synthshot-split-2", "root": "/d", "classes": {"c": ["a"]}, "x": 1}, "unexpected key 'x'"),
+    ],
+)
+def test_load_wrong_structure_new_format(tmp_path, content, message):
+    path = tmp_path / "wrong.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(DataError, match=message) as info:
+        load_split(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_summary_table(dataset):

@@ -17,7 +17,6 @@ from synthshot.classify.finetune import (
     CHECKPOINTS,
     FINETUNE_DIR,
     METRICS_FILE,
-    finetune,
 )
 from synthshot.classify.lora import ADAPTER_WEIGHTS
 from synthshot.config import load_config
@@ -26,7 +25,9 @@ from synthshot.errors import ConfigError, DataError, ModelError, SynthshotError
 from synthshot.generation.items import plan_items
 from synthshot.generation.runner import run_generation
 from synthshot.results import read_results
-from synthshot.stages import prepare_data
+from synthshot.experiment import Experiment
+from synthshot.runs import run_stage
+from synthshot.stages.generate import record_extra
 
 
 def quiet(*_):
@@ -40,14 +41,26 @@ def make_config(out, kit, *overrides):
         "data.demo.classes=3", "data.demo.images_per_class=8", "data.demo.size=32", "data.shots=2",
         "finetune.epochs=2", "finetune.batch_size=4", "finetune.num_workers=0", "finetune.warmup_steps=0",
         "finetune.lr=0.01", "finetune.log_every=1", "finetune.steps_per_epoch=3", "finetune.precision=fp32",
+        "generation.mode=text",  # the drawn stand-in set below; its folder does not depend on the CLIP model
         *overrides,
     ])
+
+
+def finetune(config, *, resume=False, restart=False, echo=quiet, progress=False):
+    """The `finetune` stage as the CLI verb runs it (`--resume`, `--restart`, or neither)."""
+    mode = "resume" if resume else "restart" if restart else "auto"
+    return run_stage(Experiment(config), "finetune", mode=mode, echo=echo, progress=progress)
+
+
+def prepare_data(config, echo=quiet):
+    return Experiment(config).data
 
 
 def write_synthetic(config, per_class=4, extra_classes=()):
     """A synthetic set through the real generation runner and manifest; the renderer draws the
     class's shape (a learnable stand-in for Stable Diffusion, which the tiny kit cannot make)."""
-    data = prepare_data(config, echo=quiet)
+    exp = Experiment(config)
+    data = exp.data
     split = {name: [str(p) for p in files] for name, files in data.split.items()}
     split.update({name: split[next(iter(split))] for name in extra_classes})
     items = plan_items(split, images_per_class=per_class, base_seed=1, prompts={k: f"a {k}" for k in split},
@@ -56,7 +69,7 @@ def write_synthetic(config, per_class=4, extra_classes=()):
         return [draw_shape(i.class_name if i.class_name in SHAPES else "ring", np.random.default_rng(i.seed), 32)
                 for i in batch]
 
-    run_generation(items, render, config.output_dir, batch_size=8, progress=False)
+    run_generation(items, render, exp.layout.synthetic, batch_size=8, progress=False, record_extra=record_extra(exp))
 
 
 def prepared(tmp_path, kit, *overrides, name="out", **synthetic):
@@ -155,12 +168,8 @@ def test_resume_after_a_kill_continues_to_the_uninterrupted_result(tmp_path, tin
     out = killed.output_dir / FINETUNE_DIR
     assert [p.name for p in (out / CHECKPOINTS).iterdir()] == ["epoch_1"] and not (out / "results.json").exists()
 
-    # Without --resume the checkpoint is not overwritten silently.
-    with pytest.raises(ConfigError, match="pass --resume"):
-        finetune(killed, echo=quiet, progress=False)
-
-    lines = []
-    resumed = finetune(killed, resume=True, echo=lines.append, progress=False)
+    lines = []  # the same settings and data: the run continues (with or without --resume)
+    resumed = finetune(killed, echo=lines.append, progress=False)
     assert any("resuming from" in line and "epoch 1 of 2 done" in line for line in lines)
     a = adapter_tensors(straight.output_dir / FINETUNE_DIR / ADAPTER_DIR)
     b = adapter_tensors(out / ADAPTER_DIR)
@@ -210,7 +219,7 @@ def test_resume_refuses_a_checkpoint_of_other_lora_settings_or_another_model(tmp
     for path in (tiny_kit / "clip").iterdir():  # the same tokenizer and image processor
         if not (other_clip / path.name).exists():
             (other_clip / path.name).write_bytes(path.read_bytes())
-    models = config.models.model_copy(update={"tiny_kit": None, "clip": str(other_clip)})
+    models = Experiment(config).config.models.model_copy(update={"tiny_kit": None, "clip": str(other_clip)})
     with pytest.raises(ModelError, match=r"trained on another model.*text_projection"):
         finetune(config.model_copy(update={"models": models}), resume=True, echo=quiet, progress=False)
 
@@ -221,7 +230,7 @@ def test_resume_refuses_a_checkpoint_of_other_lora_settings_or_another_model(tmp
 
 def test_synthetic_classes_must_match_the_real_split(tmp_path, tiny_kit):
     config = prepared(tmp_path, tiny_kit, extra_classes=["hexagon"])
-    with pytest.raises(DataError, match=r"include classes the few-shot split does not have: 'hexagon'"):
+    with pytest.raises(DataError, match=r"class\(es\) that the classifier does not know: 'hexagon'"):
         finetune(config, echo=quiet, progress=False)
 
 
@@ -263,7 +272,7 @@ def test_cli_finetune_trains_and_writes_results(tmp_path, tiny_kit):
     overrides = [f"{k}={v}" for k, v in {
         "models.tiny_kit": tiny_kit, "data.demo.classes": 3, "data.demo.images_per_class": 8, "data.demo.size": 32,
         "data.shots": 2, "finetune.epochs": 1, "finetune.steps_per_epoch": 2, "finetune.batch_size": 4,
-        "finetune.num_workers": 0, "finetune.warmup_steps": 0}.items()]
+        "finetune.num_workers": 0, "finetune.warmup_steps": 0, "generation.mode": "text"}.items()]
     args = [sys.executable, "-m", "synthshot.cli", "finetune", "--offline", "-o", str(config.output_dir)]
     for override in overrides:
         args += ["--set", override]

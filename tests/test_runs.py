@@ -12,23 +12,31 @@ from synthshot.data.coop import load_coop_split
 from synthshot.data.labelled import load_labelled_images
 from synthshot.errors import ConfigError, DataError
 from synthshot.runs import expand_sweep, read_state, run_stages, stage_fingerprints, sweep_table
-from synthshot.stages import prepare_data
+from synthshot.experiment import Experiment
 
 
 def quiet(*_):
     pass
 
 
+def stage_fingerprints_of(config):
+    return stage_fingerprints(Experiment(config))
+
+
+def prepare_data(config, echo=quiet):
+    return Experiment(config).data
+
+
 def test_fingerprints_follow_what_each_stage_reads():
     base = load_config(None, ["stages=[data,similarity,generate,features,evaluate]"])
-    prints = stage_fingerprints(base)
-    changed = stage_fingerprints(load_config(None, ["stages=[data,similarity,generate,features,evaluate]",
+    prints = stage_fingerprints_of(base)
+    changed = stage_fingerprints_of(load_config(None, ["stages=[data,similarity,generate,features,evaluate]",
                                                     "classifier.combine_weight=0.3"]))
     assert changed["evaluate"] != prints["evaluate"]
     assert {s: changed[s] for s in ("data", "similarity", "generate", "features")} == {
         s: prints[s] for s in ("data", "similarity", "generate", "features")
     }
-    shots = stage_fingerprints(load_config(None, ["stages=[data,similarity,generate,features,evaluate]", "data.shots=4"]))
+    shots = stage_fingerprints_of(load_config(None, ["stages=[data,similarity,generate,features,evaluate]", "data.shots=4"]))
     assert all(shots[s] != prints[s] for s in ("data", "similarity", "generate", "features", "evaluate"))
 
 
@@ -45,7 +53,7 @@ def test_run_skips_finished_stages_and_reruns_what_changed(tmp_path, tiny_kit):
     assert set(read_state(config.output_dir)) == {"data", "similarity", "generate"}
     more = load_config(None, [*overrides, "generation.images_per_class=2"])
     assert run_stages(more, echo=quiet) == ["generate"]
-    manifest = (config.output_dir / "manifest.jsonl").read_text().splitlines()
+    manifest = (Experiment(config).layout.synthetic / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 4  # the two first images were kept, two more added
     (config.output_dir / "similarity" / "similarity.safetensors").unlink()
     assert run_stages(more, echo=quiet) == ["similarity"]  # outputs gone: redone even if the config is the same
@@ -139,10 +147,8 @@ def test_coop_layout_draws_shots_from_the_train_split_and_tests_on_test(tmp_path
     data = prepare_data(config, echo=quiet)
     assert list(data.split) == ["annual crop", "forest"]
     assert all(len(files) == 2 and all("train" in f.name for f in files) for files in data.split.values())
-    from synthshot.classify.evaluate import gather_data
-
-    gathered = gather_data(load_config(None, [f"output_dir={tmp_path / 'out'}", f"data.root={root}", "data.layout=coop",
-                                              "data.shots=2", "classifier.test.source=coop"]))
+    gathered = Experiment(load_config(None, [f"output_dir={tmp_path / 'out'}", f"data.root={root}", "data.layout=coop",
+                                             "data.shots=2", "classifier.test.source=coop"])).classifier_sets
     assert len(gathered.test) == 4 and all("test" in f.name for f in gathered.test.files)
     assert gathered.test.labels == [0, 0, 1, 1]
 

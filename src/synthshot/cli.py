@@ -54,6 +54,14 @@ def load(config: Optional[Path], overrides: Optional[list[str]], offline: bool, 
     return resolved
 
 
+def run_verb(stage: str, config, **options) -> None:
+    """Run one stage as `run` would (the same function, and its record written when it ends)."""
+    from synthshot.experiment import Experiment
+    from synthshot.runs import run_stage
+
+    run_stage(Experiment(config), stage, echo=typer.echo, **options)
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Experiment config (YAML) or a preset name (synthshot presets).")],
@@ -64,9 +72,9 @@ def run(
 ) -> None:
     """Run the stages the config lists in one output folder (or every run of its sweep); stages
     whose outputs are complete and whose inputs are unchanged are skipped."""
-    from synthshot.stages import run as run_stages
+    from synthshot.runs import run as run_all
 
-    run_stages(load(config, set_, offline, output), force=force, echo=typer.echo)
+    run_all(load(config, set_, offline, output), force=force, echo=typer.echo)
 
 
 @app.command()
@@ -84,44 +92,34 @@ def presets() -> None:
 def prompts(config: ConfigArg = None, set_: SetOpt = None, offline: OfflineOpt = False,
             output: OutputOpt = None) -> None:
     """Write N prompts per class (registry templates or an LLM, cached) to prompts/prompts.json."""
-    from synthshot.stages import write_prompts
-
-    write_prompts(load(config, set_, offline, output), echo=typer.echo)
+    run_verb("prompts", load(config, set_, offline, output))
 
 
 @app.command()
 def features(config: ConfigArg = None, set_: SetOpt = None, offline: OfflineOpt = False,
              output: OutputOpt = None) -> None:
     """CLIP image features (single- or multi-scale) of the synthetic, few-shot and test images, cached."""
-    from synthshot.classify.evaluate import compute_features
-
-    compute_features(load(config, set_, offline, output), echo=typer.echo)
+    run_verb("features", load(config, set_, offline, output))
 
 
 @app.command("prototypes")
 def build_prototypes(config: ConfigArg = None, set_: SetOpt = None, offline: OfflineOpt = False,
                      output: OutputOpt = None) -> None:
     """Per-class prototypes: the mean CLIP feature of each class's synthetic images."""
-    from synthshot.classify.evaluate import build_prototypes as build
-
-    build(load(config, set_, offline, output), echo=typer.echo)
+    run_verb("prototypes", load(config, set_, offline, output))
 
 
 @app.command()
 def evaluate(config: ConfigArg = None, set_: SetOpt = None, offline: OfflineOpt = False,
              output: OutputOpt = None) -> None:
     """Test accuracy of the training-free classifiers (prototypes, text, combined, Tip-Adapter)."""
-    from synthshot.classify.evaluate import evaluate as run_evaluation
-
-    run_evaluation(load(config, set_, offline, output), echo=typer.echo)
+    run_verb("evaluate", load(config, set_, offline, output))
 
 
 @data_app.command("split")
 def data_split(config: ConfigArg = None, set_: SetOpt = None, output: OutputOpt = None) -> None:
     """Build the few-shot split (seeded, nested across shot counts) and print its summary."""
-    from synthshot.stages import prepare_data
-
-    prepare_data(load(config, set_, False, output), echo=typer.echo)
+    run_verb("data", load(config, set_, False, output))
 
 
 @data_app.command("summary")
@@ -136,9 +134,7 @@ def data_summary(split: Annotated[Path, typer.Argument(help="A split JSON (class
 def similarity(config: ConfigArg = None, set_: SetOpt = None, offline: OfflineOpt = False,
                output: OutputOpt = None) -> None:
     """Class similarity from CLIP image embeddings and the negative-class distribution."""
-    from synthshot.stages import compute_similarity
-
-    compute_similarity(load(config, set_, offline, output), echo=typer.echo)
+    run_verb("similarity", load(config, set_, offline, output))
 
 
 @app.command()
@@ -152,11 +148,9 @@ def generate(
 ) -> None:
     """Generate synthetic images (resumable; `accelerate launch` splits the work across GPUs)."""
     from synthshot.generation.items import parse_shard
-    from synthshot.stages import generate as generate_images
 
     overrides = list(set_ or []) + ([f"generation.mode={mode}"] if mode else [])
-    resolved = load(config, overrides, offline, output)
-    generate_images(resolved, shard=parse_shard(shard) if shard else None, echo=typer.echo)
+    run_verb("generate", load(config, overrides, offline, output), shard=parse_shard(shard) if shard else None)
 
 
 @app.command()
@@ -164,7 +158,8 @@ def report(
     folder: Annotated[Path, typer.Argument(help="Output folder of a run or a sweep.")],
     max_grid_items: Annotated[int, typer.Option(help="Synthetic items shown per image grid.")] = 12,
 ) -> None:
-    """Write FOLDER/report/index.html: accuracy table and plots, similarity, image grids, config."""
+    """Write FOLDER/report/index.html: accuracy table and plots, similarity, image grids, config
+    (FOLDER: the output folder of a run or a sweep)."""
     from synthshot.report import write_report
 
     write_report(folder, max_grid_items=max_grid_items, echo=typer.echo)
@@ -176,12 +171,18 @@ def finetune(
     set_: SetOpt = None,
     offline: OfflineOpt = False,
     output: OutputOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in <output>/finetune.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Only continue the earlier run in <output>/finetune "
+                                         "(an error if its settings or data changed).")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Move an earlier run aside and train anew.")] = False,
 ) -> None:
-    """Fine-tune CLIP with LoRA on the real shots and the synthetic images (`accelerate launch` for several GPUs)."""
-    from synthshot.classify.finetune import finetune as run_finetune
+    """Fine-tune CLIP with LoRA on the real shots and the synthetic images (`accelerate launch` for several GPUs).
 
-    run_finetune(load(config, set_, offline, output), resume=resume, echo=typer.echo)
+    An earlier run in the same folder is continued when its settings and data are the same, else
+    moved aside (a line says where) and trained anew."""
+    if resume and restart:
+        raise typer.BadParameter("--resume and --restart exclude each other")
+    mode = "resume" if resume else "restart" if restart else "auto"
+    run_verb("finetune", load(config, set_, offline, output), mode=mode)
 
 
 @models_app.command("make-tiny")

@@ -80,6 +80,13 @@ class DataConfig(Section):
     allow_fewer: bool = Field(False, description="Allow classes with fewer than `shots` images.")
     skip_corrupt: bool = Field(False, description="Skip unreadable images with a warning instead of failing.")
     demo: DemoDataConfig | None = Field(None, description="Draw a demo dataset into <output_dir>/demo-data.")
+    holdout_shots: int | None = Field(
+        None,
+        ge=1,
+        description="`heldout` test and validation sets leave out the few-shot split of this many shots (the "
+        "splits are nested), so every run of a shots sweep is tested on the same images; a sweep over data.shots "
+        "sets it to its largest value; default: data.shots.",
+    )
 
     @field_validator("dataset")
     @classmethod

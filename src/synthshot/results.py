@@ -4,7 +4,8 @@
       "synthshot_version": "0.1.0",
       "stage": "evaluate" | "finetune",
       "created": "2026-11-22T10:00:00+00:00",
-      "run": {"name": ..., "dataset": ..., "shots": ..., "images_per_class": ..., "backbone": ...},
+      "run": {"name": ..., "dataset": ..., "shots": ..., "images_per_class": ..., "backbone": ...,
+              "test_set": {"source": ..., "num_images": ..., "digest": ...}},
       "results": [
         {"method": "prototypes" | "text" | "combined" | "tip_adapter" | "finetune" | ...,
          "split": "test" | "val",
@@ -47,7 +48,8 @@ def library_versions() -> dict[str, str]:
 
 
 def make_results(
-    stage: str, entries: list[dict], *, run: dict | None = None, config: dict | None = None
+    stage: str, entries: list[dict], *, run: dict | None = None, config: dict | None = None,
+    skipped: list[dict] | None = None,
 ) -> dict[str, Any]:
     for entry in entries:
         missing = {"method", "split", "metrics"} - set(entry)
@@ -61,6 +63,7 @@ def make_results(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "run": run or {},
         "results": entries,
+        "skipped": list(skipped or []),  # [{"method": ..., "reason": ...}]: methods that could not run
         "config": config or {},
         "versions": library_versions(),
     }

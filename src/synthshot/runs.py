@@ -1,14 +1,17 @@
 """`synthshot run`: chain the stages of an experiment, skip what is already done, expand sweeps.
 
-Each stage records, when it finishes, a fingerprint of what it was made from: the config
-sections it reads and the fingerprints of the stages it reads from. A rerun skips a stage whose
-fingerprint is unchanged and whose outputs are there, so after a crash or an edit only what is
-needed runs again (and stages that resume, such as generation, resume inside themselves).
+Each stage's fingerprint hashes the config keys it reads and the fingerprints of the stages it
+reads from (both declared in `synthshot/stages/`). `run_stage` clears a stage's record in
+`.synthshot/stages.json` when the stage starts and writes it only when the stage has ended with
+its outputs complete, so a killed stage is never taken for a finished one. `run` skips a stage
+whose record carries its current fingerprint and whose outputs are complete; the CLI verbs go
+through `run_stage` too, so `run` after the verbs skips what they finished.
 
 A config with `sweep: {dotted.key: [values], ...}` becomes one run per combination, each in its
-own folder under `output_dir`. Runs that differ only in what generation does not depend on (the
-number of images per class, λ, the backbone) share one synthetic set: more images per class
-extend the set instead of starting over.
+own folder under `output_dir`. Runs whose images would be equal share one synthetic set under
+`shared/`; a shots sweep tests every run on the images held out of its largest split. A run that
+fails is recorded with its one-line error (`.synthshot/sweep.json`) and the others go on; the
+sweep ends with its table and report, and with an error when any run failed.
 """
 
 from __future__ import annotations
@@ -16,42 +19,19 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import time
-from collections.abc import Callable
+import traceback
 from pathlib import Path
 from typing import Any
 
-from synthshot.config import STAGES, RunConfig, apply_override, validate_config, write_resolved_config
-from synthshot.errors import ConfigError
+from synthshot.config import RunConfig, apply_override, validate_config, write_resolved_config
+from synthshot.errors import ConfigError, SynthshotError
+from synthshot.experiment import STATE_FILE, Experiment, synthetic_set_name
 from synthshot.io import atomic_write_json, slugify
 
-STATE_FILE = Path(".synthshot") / "stages.json"
 SHARED = "shared"
-
-# The config keys each stage reads (dotted prefixes), and the stages whose outputs it reads.
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "data": ("data",),
-    "prompts": ("prompts", "data.dataset"),
-    "similarity": ("similarity", "models.clip", "models.tiny_kit"),
-    "generate": ("generation", "models", "seed", "similarity.sampling", "synthetic_dir"),
-    "features": ("features", "models.clip", "models.tiny_kit", "classifier.test", "classifier.val", "seed",
-                 "generation.images_per_class"),
-    "prototypes": ("classifier.score",),
-    "finetune": ("finetune", "models.clip", "models.tiny_kit", "seed", "generation.images_per_class"),
-    "evaluate": ("classifier",),
-    "report": (),
-}
-STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
-    "data": (),
-    "prompts": ("data",),
-    "similarity": ("data",),
-    "generate": ("data", "prompts", "similarity"),
-    "features": ("data", "generate"),
-    "prototypes": ("features",),
-    "finetune": ("data", "generate"),
-    "evaluate": ("features", "prototypes"),
-    "report": ("similarity", "generate", "evaluate", "finetune"),
-}
+SWEEP_FILE = Path(".synthshot") / "sweep.json"
 
 
 def _select(tree: dict, dotted: str) -> Any:
@@ -63,103 +43,100 @@ def _select(tree: dict, dotted: str) -> Any:
     return node
 
 
+def _drop(tree: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    node: Any = tree
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def stage_fingerprints(config: RunConfig) -> dict[str, str]:
+def stage_fingerprints(exp: Experiment) -> dict[str, str]:
     """The fingerprint of every stage of the run, in pipeline order."""
-    tree = config.model_dump(mode="json")
+    from synthshot.stages import STAGES
+
+    tree = exp.config.model_dump(mode="json")
     prints: dict[str, str] = {}
-    for stage in STAGES:
-        own = {key: _select(tree, key) for key in STAGE_INPUTS[stage]}
-        upstream = {dep: prints[dep] for dep in STAGE_DEPENDS[stage] if dep in config.stages}
-        prints[stage] = _digest({"stage": stage, "inputs": own, "upstream": upstream})
+    for name, stage in STAGES.items():
+        own = {key: json.loads(json.dumps(_select(tree, key))) for key in stage.reads}
+        for dotted in stage.ignores:  # a key inside a section the stage reads
+            for key, value in own.items():
+                if dotted.startswith(key + ".") and isinstance(value, dict):
+                    _drop(value, dotted[len(key) + 1:])
+        upstream = {dep: prints[dep] for dep in stage.after if dep in exp.config.stages}
+        prints[name] = _digest({"stage": name, "inputs": own, "upstream": upstream})
     return prints
 
 
+# ---------------------------------------------------------------------------------- state
 def read_state(out: Path) -> dict[str, dict]:
     try:
-        state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
+        state = json.loads((Path(out) / STATE_FILE).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
     return state if isinstance(state, dict) else {}
 
 
-def _outputs_present(config: RunConfig, stage: str) -> bool:
-    """Whether the files a finished stage leaves are still there (a user may have deleted them)."""
-    from synthshot import stages
-
-    out = config.output_dir
-    checks: dict[str, Callable[[], bool]] = {
-        "data": lambda: config.data.shots == 0 or (out / "splits").is_dir(),
-        "prompts": lambda: stages.prompts_file(config).is_file(),
-        "similarity": lambda: (stages.similarity_dir(config) / "similarity.safetensors").is_file(),
-        "generate": lambda: (stages.synthetic_root(config) / "manifest.jsonl").is_file(),
-        "features": lambda: (out / "features").is_dir(),
-        "prototypes": lambda: (out / "prototypes" / "prototypes.safetensors").is_file(),
-        "finetune": lambda: (out / "finetune" / "results.json").is_file(),
-        "evaluate": lambda: (out / "evaluate" / "results.json").is_file(),
-        "report": lambda: (out / "report" / "index.html").is_file(),
-    }
-    return checks[stage]()
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
-def stage_functions() -> dict[str, Callable]:
-    """stage name -> function(config, echo=...), imported only when a run starts."""
-    from synthshot import stages
-    from synthshot.classify import evaluate
-
-    def finetune(config, echo=print):
-        from synthshot.classify.finetune import finetune as train
-
-        return train(config, resume=True, echo=echo)
-
-    def report(config, echo=print):
-        from synthshot.report import write_report
-
-        return write_report(config.output_dir, echo=echo)
-
-    return {
-        "data": stages.prepare_data,
-        "prompts": stages.write_prompts,
-        "similarity": stages.compute_similarity,
-        "generate": stages.generate,
-        "features": evaluate.compute_features,
-        "prototypes": lambda config, echo=print: evaluate.build_prototypes(config, echo=echo),
-        "finetune": finetune,
-        "evaluate": evaluate.evaluate,
-        "report": report,
-    }
+def _write_state(exp: Experiment, update) -> None:
+    if not _is_main_process():
+        return
+    state = read_state(exp.layout.out)
+    update(state)
+    atomic_write_json(exp.layout.state_file, state)
 
 
-def run_stages(config: RunConfig, *, force: bool = False, echo=print) -> list[str]:
-    """Run the config's stages in pipeline order; return the names of those that ran."""
-    from synthshot.stages import resolve_models
+def is_finished(exp: Experiment, name: str, fingerprint: str) -> bool:
+    from synthshot.stages import STAGES
 
-    config = resolve_models(config)
-    out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    write_resolved_config(config, out)
-    prints = stage_fingerprints(config)
-    state = read_state(out)
-    functions = stage_functions()
+    record = read_state(exp.layout.out).get(name, {})
+    return record.get("fingerprint") == fingerprint and STAGES[name].outputs_complete(exp)
+
+
+def run_stage(exp: Experiment, name: str, *, echo=print, **options) -> Any:
+    """Run one stage: its record is cleared first and written only once it ended with its
+    outputs complete (a partial run, such as one shard of `generate`, leaves no record)."""
+    from synthshot.stages import STAGES
+
+    stage = STAGES[name]
+    exp.layout.out.mkdir(parents=True, exist_ok=True)
+    _write_state(exp, lambda state: state.pop(name, None))
+    started = time.perf_counter()
+    result = stage.run(exp, echo=echo, **options)
+    if stage.outputs_complete(exp):
+        fingerprint = stage_fingerprints(exp)[name]
+        record = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - started, 3),
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _write_state(exp, lambda state: state.__setitem__(name, record))
+    return result
+
+
+def run_stages(config: RunConfig | Experiment, *, force: bool = False, echo=print) -> list[str]:
+    """Run the config's stages in pipeline order; return the names of those that ran. With
+    `force`, every stage runs again (fine-tuning from scratch, its old run moved aside)."""
+    from synthshot.stages import STAGES
+
+    exp = config if isinstance(config, Experiment) else Experiment(config)
+    exp.layout.out.mkdir(parents=True, exist_ok=True)
+    write_resolved_config(exp.config, exp.layout.out)
+    prints = stage_fingerprints(exp)
     ran = []
-    for stage in [s for s in STAGES if s in config.stages]:
-        done = state.get(stage, {})
-        if not force and done.get("fingerprint") == prints[stage] and _outputs_present(config, stage):
-            echo(f"== {stage} (done, skipped)")
+    for name in [s for s in STAGES if s in exp.config.stages]:
+        if not force and is_finished(exp, name, prints[name]):
+            echo(f"== {name} (done, skipped)")
             continue
-        echo(f"== {stage}")
-        started = time.perf_counter()
-        functions[stage](config, echo=echo)
-        state[stage] = {
-            "fingerprint": prints[stage],
-            "seconds": round(time.perf_counter() - started, 3),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        atomic_write_json(out / STATE_FILE, state)
-        ran.append(stage)
+        echo(f"== {name}")
+        options = {"mode": "restart" if force else "auto"} if name == "finetune" else {}
+        run_stage(exp, name, echo=echo, **options)
+        ran.append(name)
     return ran
 
 
@@ -167,8 +144,9 @@ def run_stages(config: RunConfig, *, force: bool = False, echo=print) -> list[st
 def expand_sweep(config: RunConfig) -> list[RunConfig]:
     """One config per combination of the sweep's values, each with its own output folder.
 
-    Runs whose generation inputs are equal share one synthetic set under `<output_dir>/shared/`;
-    two runs that would write to the same folder are an error.
+    Runs whose images would be equal share one synthetic set under `<output_dir>/shared/`; in a
+    sweep over `data.shots`, `heldout` test sets leave out the largest split of the sweep. Two
+    runs that would write to the same folder are an error.
     """
     if not config.sweep:
         return [config]
@@ -179,8 +157,12 @@ def expand_sweep(config: RunConfig) -> list[RunConfig]:
         values = config.sweep[key]
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{key} must be a non-empty list of values")
-        if key.split(".")[0] in ("output_dir", "sweep", "stages"):
+        if key.split(".")[0] in ("output_dir", "sweep", "stages", "synthetic_dir"):
             raise ConfigError(f"sweep.{key}: {key.split('.')[0]} cannot be swept")
+    if "data.shots" in config.sweep and base["data"].get("holdout_shots") is None:
+        shots = [v for v in config.sweep["data.shots"] if isinstance(v, int) and not isinstance(v, bool)]
+        if shots:
+            base["data"]["holdout_shots"] = max(shots)
     runs: list[RunConfig] = []
     names: dict[str, str] = {}
     for combo in itertools.product(*(config.sweep[k] for k in keys)):
@@ -189,7 +171,7 @@ def expand_sweep(config: RunConfig) -> list[RunConfig]:
             apply_override(tree, key.split("."), value)
         name = run_name(keys, combo)
         label = ", ".join(f"{k}={v}" for k, v in zip(keys, combo))
-        if name in names or name == SHARED:
+        if name in names or name == SHARED or name.startswith("."):
             raise ConfigError(
                 f"sweep runs {names.get(name, 'shared')!r} and {label!r} would both write to "
                 f"{Path(config.output_dir) / name}: make their values distinct"
@@ -199,7 +181,10 @@ def expand_sweep(config: RunConfig) -> list[RunConfig]:
         if tree["prompts"].get("cache_dir") is None:  # one LLM answer per class for the whole sweep
             tree["prompts"]["cache_dir"] = str(Path(config.output_dir) / SHARED / "prompts-cache")
         run = validate_config(tree, RunConfig, source=f"sweep run {label}")
-        runs.append(_share_synthetic(run, Path(config.output_dir)))
+        if run.synthetic_dir is None and "generate" in run.stages:
+            shared = Path(config.output_dir) / SHARED / synthetic_set_name(run)
+            run = run.model_copy(update={"synthetic_dir": shared})
+        runs.append(run)
     return runs
 
 
@@ -212,57 +197,90 @@ def run_name(keys: list[str], values: tuple) -> str:
     return ",".join(parts)
 
 
-def _share_synthetic(run: RunConfig, sweep_dir: Path) -> RunConfig:
-    """Point a run at the shared synthetic set of every run with the same generation inputs."""
-    if "generate" not in run.stages or run.synthetic_dir is not None:
-        return run
-    tree = run.model_dump(mode="json")
-    keys = ["generation", "seed", "data", "models.diffusion", "models.ip_adapter", "models.ip_adapter_subfolder",
-            "models.ip_adapter_weights", "models.image_encoder", "models.image_encoder_subfolder", "models.tiny_kit",
-            "models.revision"]
-    if "prompts" in run.stages or run.generation.prompts_file is not None:
-        keys.append("prompts")
-    if run.generation.mode == "dual" and run.similarity.sampling == "similarity":
-        keys += ["similarity", "models.clip"]  # the negatives are drawn from the CLIP similarity
-    inputs = {key: _select(tree, key) for key in keys}
-    inputs["generation"] = {k: v for k, v in inputs["generation"].items() if k != "images_per_class"}
-    return run.model_copy(update={"synthetic_dir": sweep_dir / SHARED / f"synthetic-{_digest(inputs)[:12]}"})
+def one_line(exc: BaseException) -> str:
+    """A failure as one line: a synthshot error's own message, else the exception's type and text."""
+    text = str(exc) if isinstance(exc, SynthshotError) else f"{exc.__class__.__name__}: {exc}"
+    return " ".join(text.split()) or exc.__class__.__name__
+
+
+class SweepFailed(SynthshotError):
+    """Some runs of a sweep failed (each is recorded; the others finished)."""
 
 
 def run(config: RunConfig, *, force: bool = False, echo=print) -> list[RunConfig]:
     """Run a config, or every run of its sweep followed by one table of their results."""
     runs = expand_sweep(config)
-    if len(runs) == 1 and not config.sweep:
+    if not config.sweep:
         run_stages(runs[0], force=force, echo=echo)
         return runs
     sweep_dir = Path(config.output_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_resolved_config(config, sweep_dir)
+    status: dict[str, dict] = {}
     for index, one in enumerate(runs, 1):
-        echo(f"=== run {index}/{len(runs)}: {one.output_dir.name}")
+        name = one.output_dir.name
+        echo(f"=== run {index}/{len(runs)}: {name}")
         stages = [s for s in one.stages if s != "report"]
-        run_stages(one.model_copy(update={"stages": stages}), force=force, echo=echo)
+        started = time.perf_counter()
+        try:
+            run_stages(one.model_copy(update={"stages": stages}), force=force, echo=echo)
+            status[name] = {"status": "done"}
+        except Exception as exc:  # a sweep never dies at one run: record it, go on
+            message = one_line(exc)
+            status[name] = {"status": "failed", "error": message}
+            log = one.output_dir / ".synthshot" / "failure.txt"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+            echo(f"run {name} failed: {message} (traceback: {log})")
+        status[name]["seconds"] = round(time.perf_counter() - started, 3)
+        atomic_write_json(sweep_dir / SWEEP_FILE, {"runs": status})
     echo(sweep_table(sweep_dir))
+    failed = {name: s["error"] for name, s in status.items() if s["status"] == "failed"}
     if "report" in config.stages:
         from synthshot.report import write_report
 
-        write_report(sweep_dir, echo=echo)
+        try:
+            write_report(sweep_dir, echo=echo)
+        except SynthshotError as exc:
+            if not failed:
+                raise
+            echo(f"no report: {one_line(exc)}")
+    if failed:
+        first = next(iter(failed))
+        raise SweepFailed(f"{len(failed)} of {len(runs)} sweep runs failed (first: {first}: {failed[first]}); the "
+                          f"others finished; see {sweep_dir / SWEEP_FILE}")
     return runs
 
 
+def read_sweep_status(folder: Path) -> dict[str, dict]:
+    """run name -> {"status": "done" | "failed", "error": ...} as the last sweep recorded it."""
+    try:
+        data = json.loads((Path(folder) / SWEEP_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    runs = data.get("runs") if isinstance(data, dict) else None
+    return runs if isinstance(runs, dict) else {}
+
+
 def sweep_table(folder: Path) -> str:
-    """One line per (run, method) with its test top-1, from every results.json under `folder`."""
+    """One line per (run, method) with its test top-1, from every results.json under `folder`,
+    and one line per failed run."""
     from synthshot.results import find_results, read_results
 
     rows = []
     for path in find_results(folder):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
         data = read_results(path)
         for entry in data["results"]:
             if entry["split"] == "test":
-                rows.append((path.parent.parent.name, entry["method"], 100 * entry["metrics"]["top1"]))
+                rows.append((path.parent.parent.name, entry["method"], f"{100 * entry['metrics']['top1']:6.2f}%"))
+    for name, status in read_sweep_status(folder).items():
+        if status.get("status") == "failed":
+            rows.append((name, "FAILED", status.get("error", "")))
     if not rows:
         return f"no results under {folder} yet"
     width = max(len(r[0]) for r in rows)
     lines = [f"{'run':<{width}}  {'method':<12} test top-1"]
-    lines += [f"{r:<{width}}  {m:<12} {acc:6.2f}%" for r, m, acc in rows]
+    lines += [f"{r:<{width}}  {m:<12} {acc}" for r, m, acc in rows]
     return "\n".join(lines)

@@ -1,5 +1,7 @@
 """CLIP + LoRA fine-tuning on the few real images and the synthetic set (DIPSY section 4, the
-DataDream recipe), resumable, and data-parallel under `accelerate launch`.
+DataDream recipe), resumable, and data-parallel under `accelerate launch`: the model, the
+training loop and the checkpoint I/O. The `finetune` stage (`synthshot/stages/finetune.py`)
+gathers the data and runs them.
 
     logits = logit_scale · cos(image feature, class text feature)       (logit scale frozen)
     L      = λ·CE(real) + (1-λ)·CE(synthetic)                           (DIPSY Eq. 10, losses.py)
@@ -194,185 +196,13 @@ def predict(classifier, loader, accelerator) -> tuple[np.ndarray, np.ndarray]:
     return torch.cat(predictions).numpy(), torch.cat(targets).numpy()
 
 
-# ------------------------------------------------------------------------------------ recipe
-def finetune(config, *, resume: bool = False, echo=print, progress: bool = True) -> dict:
-    """Fine-tune CLIP with LoRA on the run's few-shot split and synthetic set; return the
-    results dict (also written to `<output_dir>/finetune/results.json`)."""
-    from synthshot.classify.lora import check_adapter, model_probe
-    from synthshot.classify.metrics import classification_metrics
-    from synthshot.classify.text import class_prompts, class_templates
-    from synthshot.classify.train_data import (
-        AugmentSettings,
-        PairedImages,
-        TrainImages,
-        TrainTransform,
-        check_training_sets,
-        collate_pairs,
-        real_images,
-        synthetic_images,
-        worker_count,
-    )
-    from synthshot.config import write_resolved_config
-    from synthshot.models.clip import load_clip
-    from synthshot.results import make_results, write_results
-    from synthshot.stages import dataset_name, hub_options, prepare_data, resolve_models
-
-    # 1. Resolve the models, the process group, the few-shot split and the output folder.
-    config = resolve_models(config)
-    settings = config.finetune
-    out = config.output_dir / FINETUNE_DIR
-    accelerator, precision_note = make_accelerator(config)
-    main = accelerator.is_main_process
-    say = echo if main else (lambda *_: None)
-    if precision_note:
-        say(precision_note)
-    data = prepare_data(config, echo=lambda *_: None)
-    classes = list(data.split)
-    if main:
-        _remove_stale_temporaries(out / CHECKPOINTS)
-    checkpoint = find_resume_checkpoint(out, resume)
-    writer = _tensorboard(out, settings.tensorboard) if main else None
-
-    # 2. Training images: the real shots and the synthetic set, checked against each other.
-    real = real_images(data.split, classes) if settings.lam > 0 else TrainImages()
-    synthetic = synthetic_images(config.output_dir, classes) if settings.lam < 1 else TrainImages()
-    check_training_sets(real, synthetic, classes, settings.lam, config.output_dir)
-
-    # 3. Evaluation images: validation (chooses the epoch) and test (reported only), disjoint.
-    val_images, test_images = evaluation_sets(config, data)
-
-    # 4. CLIP; a checkpoint to resume from must fit it, the LoRA settings, the run's settings and data.
-    bundle = load_clip(config.models.clip, hub_options(config), device="cpu")
-    base_probe = model_probe(bundle.model)
-    lora = LoraSettings.from_config(settings)
-    fingerprint = data_fingerprint(real, synthetic, classes)
-    if checkpoint is not None:
-        check_adapter(checkpoint, bundle.model, settings=lora)
-        state = read_trainer_state(checkpoint)
-        check_resumable(checkpoint, state, settings, fingerprint, accelerator.num_processes)
-
-    # 5. LoRA and the text side: class prompts from the registry's templates.
-    templates = class_templates(config.data.dataset, settings.text_templates)
-    prompts = class_prompts(data.class_names, templates)
-    classifier = build_classifier(bundle, lora, prompts, seed=config.seed,
-                                  gradient_checkpointing=settings.gradient_checkpointing)
-
-    # 6. Batches (half real, half synthetic), optimizer, schedule; all prepared by accelerate.
-    both = len(real) > 0 and len(synthetic) > 0
-    pairs_per_batch = settings.batch_size // 2 if both else settings.batch_size
-    limit = settings.steps_per_epoch * pairs_per_batch * accelerator.num_processes if settings.steps_per_epoch else None
-    augment = AugmentSettings.from_config(settings) if settings.augment else None
-    dataset = PairedImages(real, synthetic, TrainTransform(bundle.processor, augment), seed=config.seed, limit=limit)
-    workers = worker_count(settings.num_workers)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=pairs_per_batch, shuffle=False, num_workers=workers,
-                                         collate_fn=collate_pairs)
-    optimizer = make_optimizer(classifier, settings.lr, settings.weight_decay)
-    classifier, optimizer, loader = accelerator.prepare(classifier, optimizer, loader)
-    eval_loaders = {name: accelerator.prepare(_eval_loader(images, bundle.processor, settings.eval_batch_size, workers))
-                    for name, images in (("val", val_images), ("test", test_images)) if images is not None}
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * settings.epochs
-    scheduler = make_scheduler(optimizer, total_steps, settings.warmup_steps, settings.lr, settings.min_lr)
-    peft_model = accelerator.unwrap_model(classifier).peft_model
-    info = _adapter_info(config, bundle.name, base_probe, lora, classes, prompts)
-    say(f"fine-tuning {config.models.clip} with LoRA r={lora.r} on {'+'.join(lora.towers)}: {len(real)} real and "
-        f"{len(synthetic)} synthetic images of {len(classes)} classes, lam={settings.lam:g}; {settings.epochs} epoch(s) "
-        f"of {steps_per_epoch} step(s), batch {settings.batch_size} x {accelerator.num_processes} process(es)")
-    if settings.warmup_steps >= total_steps:
-        say(f"note: the warm-up ({settings.warmup_steps} steps) is not shorter than training ({total_steps} steps), "
-            "so the learning rate never reaches finetune.lr")
-
-    start_epoch, history, global_step = 0, [], 0
-    if checkpoint is not None:
-        start_epoch, history, global_step = restore_checkpoint(checkpoint, state, peft_model, optimizer, scheduler,
-                                                               accelerator)
-        say(f"resuming from {checkpoint} (epoch {start_epoch} of {settings.epochs} done)")
-    if main:
-        _trim_metrics(out / METRICS_FILE, start_epoch)
-        write_resolved_config(config, out)
-
-    def log_step(epoch: int, step: int, loss: float, rate: float) -> None:
-        if main:
-            record = {"kind": "step", "epoch": epoch, "step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                      "images_per_s": rate}
-            append_jsonl(out / METRICS_FILE, record)
-            for key in ("loss", "lr", "images_per_s") if writer is not None else ():
-                writer.add_scalar(f"train/{key}", record[key], step)
-
-    # 7. Train: each epoch ends with validation and an atomic checkpoint.
-    for epoch in range(start_epoch, settings.epochs):
-        torch.manual_seed(_derive_seed(config.seed, epoch, accelerator.process_index))  # dropout
-        loader.set_epoch(epoch)  # the dataset's order and augmentation for this epoch
-        entry = train_epoch(classifier, loader, optimizer, scheduler, accelerator, settings.lam, epoch=epoch + 1,
-                            first_step=global_step, log_every=settings.log_every, log=log_step,
-                            bar=_progress(steps_per_epoch, f"epoch {epoch + 1}/{settings.epochs}", progress and main))
-        global_step += steps_per_epoch
-        if "val" in eval_loaders:
-            found, true = predict(classifier, eval_loaders["val"], accelerator)
-            val_metrics = classification_metrics(true, found, classes)
-            entry.update(val_top1=val_metrics["top1"], val_balanced_top1=val_metrics["balanced_top1"])
-        history.append(entry)
-        if main:
-            append_jsonl(out / METRICS_FILE, {"kind": "epoch", **entry})
-            for key in ("loss", "val_top1") if writer is not None else ():
-                if key in entry:
-                    writer.add_scalar(f"epoch/{key}", entry[key], epoch + 1)
-            folder = out / CHECKPOINTS / f"epoch_{epoch + 1}"
-            state = trainer_state(epoch + 1, global_step, history, settings, fingerprint, optimizer, scheduler,
-                                  accelerator, steps_per_epoch, pairs_per_batch)
-            save_checkpoint(folder, peft_model, info, state, optimizer)
-            _prune_checkpoints(out / CHECKPOINTS, keep={epoch + 1, select_epoch(history)})
-        accelerator.wait_for_everyone()
-        val_text = f", val top-1 {entry['val_top1']:.4f}" if "val_top1" in entry else ""
-        say(f"epoch {epoch + 1}/{settings.epochs}: loss {entry['loss']:.4f}{val_text}, "
-            f"{entry['images_per_s']:.1f} images/s")
-
-    # 8. The chosen adapter: best validation accuracy (earliest on ties), else the last epoch.
-    chosen = select_epoch(history) if history else settings.epochs
-    if chosen != settings.epochs:
-        from synthshot.classify.lora import load_adapter_weights
-
-        load_adapter_weights(peft_model, out / CHECKPOINTS / f"epoch_{chosen}")
-    if main:
-        save_adapter_folder(out / ADAPTER_DIR, peft_model, {**info, "epoch": chosen})
-    accelerator.wait_for_everyone()
-
-    # 9. Evaluate the chosen adapter: test once (and validation, to report it); write results.json.
-    entries = []
-    params = _result_params(settings, lora, chosen, total_steps, real, synthetic, templates, out / ADAPTER_DIR)
-    selected_on = "val" if val_images is not None else None
-    for split in ("test", "val"):
-        if split not in eval_loaders:
-            continue
-        found, true = predict(classifier, eval_loaders[split], accelerator)
-        metrics = classification_metrics(true, found, classes)
-        source = test_images.source if split == "test" else val_images.source
-        entries.append({"method": "finetune", "split": split, "params": {**params, "source": source},
-                        "selected_on": selected_on, "metrics": metrics})
-    run = {"name": config.output_dir.name, "dataset": dataset_name(config), "shots": config.data.shots,
-           "images_per_class": round(len(synthetic) / len(classes)), "backbone": config.models.clip}
-    results = make_results("finetune", entries, run=run, config=config.model_dump(mode="json"))
-    if main:
-        path = write_results(out, results)
-        if writer is not None:
-            writer.close()
-        say(f"test top-1 {entries[0]['metrics']['top1']:.4f} on {entries[0]['metrics']['num_images']} images "
-            f"(adapter of epoch {chosen}{', chosen on val' if selected_on else ''}) -> {path}")
-    accelerator.wait_for_everyone()
-    return results
-
-
 # ------------------------------------------------------------------------------ the helpers
-def make_accelerator(config):
-    """An `Accelerator` for the configured device and precision, and a note when the precision
-    asked for is not used: half precision only where the device runs it (fp32 on the CPU; bf16
-    falls back to fp16 on GPUs without it)."""
+def make_accelerator(device: str, precision: str):
+    """An `Accelerator` for `device` and `precision`, and a note when the precision asked for is
+    not used: half precision only where the device runs it (fp32 on the CPU; bf16 falls back to
+    fp16 on GPUs without it)."""
     from accelerate import Accelerator
 
-    from synthshot.models.hub import resolve_device
-
-    device = resolve_device(config.device)
-    precision = config.finetune.precision
     mixed = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[precision]
     note = None
     if not device.startswith("cuda"):
@@ -387,31 +217,7 @@ def make_accelerator(config):
     return Accelerator(cpu=device == "cpu", mixed_precision=mixed), note
 
 
-def evaluation_sets(config, data):
-    """(validation, test) labelled images: held out from the few-shot split, and disjoint from
-    each other, so that what chooses the epoch never overlaps what reports the accuracy."""
-    from synthshot.data.labelled import load_labelled_images
-    from synthshot.stages import data_root, resolve_eval_source
-
-    settings = config.finetune
-    classes = list(data.split)
-    exclude = {Path(p).resolve() for files in data.split.values() for p in files}
-    root = data_root(config) if (config.data.root is not None or config.data.demo is not None) else None
-    load = {"data_root": root, "exclude": exclude, "seed": config.seed}
-    test = load_labelled_images(resolve_eval_source(config, settings.test), classes, data.class_names, **load)
-    if settings.val is None:
-        return None, test
-    val = load_labelled_images(resolve_eval_source(config, settings.val), classes, data.class_names, **load)
-    shared = {p.resolve() for p in val.files} & {p.resolve() for p in test.files}
-    if shared:
-        raise ConfigError(
-            f"finetune.val and finetune.test share {len(shared)} image(s) (e.g. {min(shared)}): choosing the "
-            "epoch on test images is not honest; give validation images of their own (source folder or coop split=val)"
-        )
-    return val, test
-
-
-def _eval_loader(images, processor, batch_size: int, workers: int):
+def eval_loader(images, processor, batch_size: int, workers: int):
     from synthshot.classify.train_data import ProcessedImages
 
     return torch.utils.data.DataLoader(ProcessedImages(images.files, images.labels, processor),
@@ -427,26 +233,22 @@ def select_epoch(history: list[dict]) -> int:
 
 
 def data_fingerprint(real, synthetic, classes: list[str]) -> dict:
-    """What fixes the data order: the classes and the files of both sets, in order."""
+    """What fixes the data order: the classes and the files of both sets, in order (by their last
+    two path parts, so that a moved or copied run still resumes)."""
     def digest(images) -> str:
-        text = "\n".join(f"{label}\t{Path(path).resolve()}" for path, label in zip(images.files, images.labels))
+        text = "\n".join(f"{label}\t{Path(path).parent.name}/{Path(path).name}"
+                         for path, label in zip(images.files, images.labels))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     return {"classes": list(classes), "num_real": len(real), "num_synthetic": len(synthetic),
             "real": digest(real), "synthetic": digest(synthetic)}
 
 
-def _derive_seed(seed: int, epoch: int, rank: int) -> int:
+def derive_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def _adapter_info(config, model_name, base_probe, lora, classes, prompts) -> dict:
-    from synthshot.classify.lora import adapter_info
-
-    return adapter_info(config.models.clip or model_name, base_probe, lora, classes, prompts)
-
-
-def _result_params(settings, lora, chosen, total_steps, real, synthetic, templates, adapter) -> dict:
+def result_params(settings, lora, chosen, total_steps, real, synthetic, templates, adapter) -> dict:
     return {
         "lam": settings.lam, "epochs": settings.epochs, "selected_epoch": chosen, "steps": total_steps,
         "lora_r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
@@ -456,13 +258,13 @@ def _result_params(settings, lora, chosen, total_steps, real, synthetic, templat
     }
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False)
 
 
-def _tensorboard(out: Path, enabled: bool):
+def tensorboard_writer(out: Path, enabled: bool):
     if not enabled:
         return None
     try:
@@ -473,7 +275,7 @@ def _tensorboard(out: Path, enabled: bool):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _trim_metrics(path: Path, epochs_done: int) -> None:
+def trim_metrics(path: Path, epochs_done: int) -> None:
     """Drop the lines of epochs after the checkpoint resumed from (a killed epoch's partial log)."""
     records, corrupt = read_jsonl(path)
     kept = [r for r in records if int(r.get("epoch", 0)) <= epochs_done]
@@ -584,14 +386,14 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _remove_stale_temporaries(folder: Path) -> None:
+def remove_stale_temporaries(folder: Path) -> None:
     """Folders a killed save left behind (never a finished checkpoint)."""
     if folder.is_dir():
         for path in folder.glob(f"{TEMP_PREFIX}*"):
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def _checkpoint_epochs(folder: Path) -> dict[int, Path]:
+def checkpoint_epochs(folder: Path) -> dict[int, Path]:
     found = {}
     if folder.is_dir():
         for path in folder.iterdir():
@@ -601,24 +403,33 @@ def _checkpoint_epochs(folder: Path) -> dict[int, Path]:
     return found
 
 
-def _prune_checkpoints(folder: Path, keep: set[int]) -> None:
-    for epoch, path in _checkpoint_epochs(folder).items():
+def prune_checkpoints(folder: Path, keep: set[int]) -> None:
+    for epoch, path in checkpoint_epochs(folder).items():
         if epoch not in keep:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def find_resume_checkpoint(out: Path, resume: bool) -> Path | None:
-    """The last checkpoint when resuming; without --resume, existing checkpoints are an error
-    rather than silently overwritten."""
-    found = _checkpoint_epochs(out / CHECKPOINTS)
-    if not resume:
-        if found:
-            raise ConfigError(
-                f"{out} holds checkpoints of an earlier fine-tuning run (up to epoch {max(found)}): pass --resume "
-                "to continue it, or delete the folder (or choose another output_dir) to start again"
-            )
-        return None
+def last_checkpoint(out: Path) -> Path | None:
+    """The checkpoint of the last finished epoch under `out`, if any."""
+    found = checkpoint_epochs(out / CHECKPOINTS)
     return found[max(found)] if found else None
+
+
+def move_aside(out: Path, previous: Path) -> Path | None:
+    """Move everything of an earlier fine-tuning run in `out` (checkpoints, adapter, metrics,
+    results) into a new folder under `previous`; return it (None when there was nothing)."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    previous.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = previous / f"{out.name}-{stamp}"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = previous / f"{out.name}-{stamp}-{suffix}"
+    os.replace(out, target)
+    _fsync_dir(out.parent)
+    return target
 
 
 def read_trainer_state(folder: Path) -> dict:
@@ -640,16 +451,17 @@ def check_resumable(folder: Path, state: dict, settings, fingerprint: dict, num_
                for key in RESUME_KEYS if saved.get(key) != _jsonable(getattr(settings, key))]
     if changed:
         raise ConfigError(f"cannot resume from {folder}: finetune settings changed ({'; '.join(changed)}): restore "
-                          "them, or start a new output folder")
+                          "them, or run without --resume to train anew (the old checkpoints are moved aside)")
     if state["num_processes"] != num_processes:
         raise ConfigError(f"cannot resume from {folder}: it was trained on {state['num_processes']} process(es), this "
-                          f"run has {num_processes}; the batches would differ: launch as many processes")
+                          f"run has {num_processes}; the batches would differ: launch as many processes, or run "
+                          "without --resume to train anew")
     old = state["data"]
     if old != fingerprint:
         what = [f"{key} {old.get(key)} then, {fingerprint[key]} now" for key in ("num_real", "num_synthetic")
                 if old.get(key) != fingerprint[key]] or ["the same counts but other files or classes"]
         raise DataError(f"cannot resume from {folder}: the training images changed ({'; '.join(what)}), so the data "
-                        "order would too: restore them, or start a new output folder")
+                        "order would too: restore them, or run without --resume to train anew")
 
 
 def restore_checkpoint(folder: Path, state: dict, peft_model, optimizer, scheduler, accelerator):

@@ -61,11 +61,7 @@ class PromptTokens:
 
 def tokenize_prompts(tokenizer, prompts: dict[str, list[str]]) -> PromptTokens:
     """Tokenize every class's prompts (padded to the longest, truncated to the model's length)."""
-    empty = [key for key, texts in prompts.items() if not texts]
-    if not prompts or empty:
-        raise DataError(f"no prompts for the classes {empty or '(none given)'}: give each class at least one prompt")
-    texts = [text for texts in prompts.values() for text in texts]
-    owner = torch.tensor([i for i, texts in enumerate(prompts.values()) for _ in texts], dtype=torch.long)
+    texts, owner = prompt_owners(prompts)
     max_length = min(getattr(tokenizer, "model_max_length", 77) or 77, 77)
     batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return PromptTokens(batch["input_ids"], batch["attention_mask"], owner, len(prompts))
@@ -82,16 +78,35 @@ def image_embeddings(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output)
 
 
+def prompt_owners(prompts: dict[str, list[str]]) -> tuple[list[str], torch.Tensor]:
+    """Every class's prompts in one list, and the class (row) index of each, [P]; every class
+    needs at least one prompt."""
+    empty = [key for key, texts in prompts.items() if not texts]
+    if not prompts or empty:
+        raise DataError(f"no prompts for the classes {empty or '(none given)'}: give each class at least one prompt")
+    texts = [text for texts in prompts.values() for text in texts]
+    owner = torch.tensor([i for i, texts in enumerate(prompts.values()) for _ in texts], dtype=torch.long)
+    return texts, owner
+
+
+def class_text_features(features: torch.Tensor, owner: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The prompt-ensemble recipe, backend-agnostic: prompt features [P, D] (any dtype, not
+    normalised) -> class features [C, D] in fp32, each class's row the mean of its prompts'
+    normalised features, normalised again. `owner[i]` is prompt i's class. Differentiable."""
+    features = F.normalize(features.float(), dim=-1)
+    sums = features.new_zeros(num_classes, features.shape[1]).index_add(0, owner.to(features.device), features)
+    return F.normalize(sums, dim=-1)
+
+
 def encode_class_prompts(model, tokens: PromptTokens, batch_size: int | None = None) -> torch.Tensor:
     """Class text features [C, D]: mean of each class's normalised prompt features, normalised.
     Differentiable (no `no_grad` here); `batch_size` bounds how many prompts run at once."""
     step = batch_size or len(tokens)
     features = torch.cat([
-        F.normalize(text_embeddings(model, part.input_ids, part.attention_mask).float(), dim=-1)
+        text_embeddings(model, part.input_ids, part.attention_mask).float()
         for part in (tokens.select(slice(i, i + step)) for i in range(0, len(tokens), step))
     ])
-    sums = features.new_zeros(tokens.num_classes, features.shape[1]).index_add(0, tokens.owner, features)
-    return F.normalize(sums, dim=-1)
+    return class_text_features(features, tokens.owner, tokens.num_classes)
 
 
 @torch.no_grad()

@@ -55,29 +55,6 @@ def real_images(split: dict[str, list[Path]], classes: list[str]) -> TrainImages
     return images
 
 
-def synthetic_images(out_dir: Path, classes: list[str]) -> TrainImages:
-    """The finished images of the generation manifest in `out_dir`, labelled by the class each
-    record names; a class the real split does not have is an error naming it."""
-    from synthshot.generation.runner import MANIFEST, finished_records
-
-    out_dir = Path(out_dir)
-    records = finished_records(out_dir)
-    index = {name: i for i, name in enumerate(classes)}
-    unknown = sorted({str(r.get("class_name")) for r in records.values() if r.get("class_name") not in index})
-    if unknown:
-        raise DataError(
-            f"the synthetic images of {out_dir / MANIFEST} include classes the few-shot split does not have: "
-            f"{', '.join(repr(c) for c in unknown[:8])} (split classes: {', '.join(classes[:8])}"
-            f"{' ...' if len(classes) > 8 else ''}): generate with the same split, or use another output folder"
-        )
-    images = TrainImages()
-    for item_id in sorted(records):
-        record = records[item_id]
-        images.files.append(out_dir / record["file"])
-        images.labels.append(index[record["class_name"]])
-    return images
-
-
 def check_training_sets(real: TrainImages, synthetic: TrainImages, classes: list[str], lam: float,
                         where: Path) -> None:
     """Each set the loss weighs must cover every class: training on synthetic images of some

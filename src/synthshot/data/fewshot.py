@@ -93,14 +93,39 @@ def _absolute(path: Path) -> str:
     return Path(os.path.abspath(path)).as_posix()
 
 
-def save_split(path: Path, split: dict[str, list[Path]]) -> None:
-    """Write `{class: [absolute posix paths, in selection order]}` as JSON, atomically."""
-    atomic_write_json(path, {name: [_absolute(p) for p in files] for name, files in split.items()})
+SPLIT_FORMAT = "synthshot-split-2"
 
 
-def _check_structure(path: Path, data: object) -> dict[str, list[str]]:
+def _relative_to_root(path: Path, root: str) -> str:
+    """`path` relative to the absolute `root` (posix), or its absolute path if it is not under it."""
+    absolute = Path(_absolute(path))
+    try:
+        return absolute.relative_to(root).as_posix()
+    except ValueError:
+        return absolute.as_posix()
+
+
+def save_split(path: Path, split: dict[str, list[Path]], root: Path | str | None = None) -> None:
+    """Write the split as JSON, atomically, with each class's images in selection order.
+
+    With `root` (the data root): `{"format": "synthshot-split-2", "root": <absolute posix root>,
+    "classes": {class: [posix paths relative to root]}}`, so that the split survives copying the
+    run folder or moving the data (load it with the data's current root). An image not under `root`
+    is stored as its absolute path. Without `root`: the old `{class: [absolute posix paths]}`.
+    """
+    if root is None:
+        atomic_write_json(path, {name: [_absolute(p) for p in files] for name, files in split.items()})
+        return
+    recorded = _absolute(Path(root))
+    classes = {name: [_relative_to_root(p, recorded) for p in files] for name, files in split.items()}
+    atomic_write_json(path, {"format": SPLIT_FORMAT, "root": recorded, "classes": classes})
+
+
+def _check_classes(path: Path, data: object, where: str = "") -> dict[str, list[str]]:
     if not isinstance(data, dict) or not data:
-        raise DataError(f"split file {path} must hold a non-empty JSON object {{class: [image paths]}}: remake it")
+        raise DataError(
+            f"split file {path}{where} must hold a non-empty JSON object {{class: [image paths]}}: remake it"
+        )
     for name, files in data.items():
         if not name.strip():
             raise DataError(f"split file {path} has an empty class name: remake it")
@@ -113,9 +138,33 @@ def _check_structure(path: Path, data: object) -> dict[str, list[str]]:
     return data
 
 
-def load_split(path: Path) -> dict[str, list[Path]]:
-    """Read a split written by `save_split` (or by hand: relative paths are taken from the file's
-    folder). Every listed image must exist."""
+def _is_new_format(data: object) -> bool:
+    # An old-format file maps every key (even a class called "format") to a list, never to a string.
+    return isinstance(data, dict) and isinstance(data.get("format"), str)
+
+
+def _check_structure(path: Path, data: object) -> tuple[str | None, dict[str, list[str]]]:
+    """(recorded root or None for the old format, {class: [entries as written]})."""
+    if not _is_new_format(data):
+        return None, _check_classes(path, data)
+    if data["format"] != SPLIT_FORMAT:
+        raise DataError(
+            f"split file {path} has an unknown format {data['format']!r} (this version reads {SPLIT_FORMAT!r} "
+            "and the plain {class: [image paths]}): upgrade synthshot or make the split again"
+        )
+    extra = sorted(set(data) - {"format", "root", "classes"})
+    if extra:
+        raise DataError(f"split file {path} has an unexpected key {extra[0]!r}: remove it or make the split again")
+    root = data.get("root")
+    if not isinstance(root, str) or not Path(root).is_absolute():
+        raise DataError(
+            f"split file {path}: 'root' must be an absolute path string (the data root it was made with), "
+            f"not {root!r}: fix it or make the split again"
+        )
+    return root, _check_classes(path, data.get("classes"), " under 'classes'")
+
+
+def _read_split_json(path: Path) -> tuple[str | None, dict[str, list[str]]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split file {path} does not exist: check the path, or make the split again")
@@ -123,13 +172,41 @@ def load_split(path: Path) -> dict[str, list[Path]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"split file {path} is not valid JSON ({exc}): fix it or make the split again") from None
-    data = _check_structure(path, data)
+    return _check_structure(path, data)
 
-    split = {name: [Path(_absolute(path.parent / f)) for f in files] for name, files in data.items()}
+
+def split_root(path: Path) -> Path | None:
+    """The data root a split file records (`save_split` with `root`), or None for the old format."""
+    recorded, _ = _read_split_json(Path(path))
+    return None if recorded is None else Path(recorded)
+
+
+def load_split(path: Path, root: Path | str | None = None) -> dict[str, list[Path]]:
+    """Read a split written by `save_split`. Every listed image must exist.
+
+    New format: relative entries are joined to `root` (the data's current root, which may differ
+    from the recorded one after the data or the run folder was moved or copied), or without it to
+    the recorded root. Old format (`{class: [paths]}`): relative entries are taken from the split
+    file's folder and `root` is not used.
+    """
+    path = Path(path)
+    recorded, data = _read_split_json(path)
+    if recorded is None:
+        base = path.parent
+    else:
+        base = Path(_absolute(Path(root if root is not None else recorded)))
+
+    split = {name: [Path(_absolute(base / f)) for f in files] for name, files in data.items()}
     missing = [p for files in split.values() for p in files if not p.is_file()]
     if missing:
         shown = ", ".join(str(p) for p in missing[:3])
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        if recorded is not None and base != Path(_absolute(Path(recorded))):
+            raise DataError(
+                f"split file {path} was made with data root {recorded} but its images were looked for in "
+                f"{base}, where {len(missing)} image(s) are missing: {shown}{more}: point data.root at the data's "
+                "new place, or make the split again"
+            )
         raise DataError(
             f"split file {path} lists {len(missing)} missing image(s): {shown}{more}: "
             "restore them or make the split again"

@@ -8,12 +8,14 @@
 
 An encoder knows its own preprocessing (`preprocess`, single scale), the constants that multi-scale
 crops are normalised with (`spec`: input size, mean, std) and a `fingerprint`: what a feature
-cache records to tell whether it was made by this very encoder.
+cache records to tell whether it was made by this very encoder. Where the model has a text tower
+(`has_text_tower`), `text_classifier` builds the zero-shot classifier of class prompts with it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -130,6 +132,33 @@ class ImageEncoder(ABC):
     def encode(self, pixel_values: Tensor) -> Tensor:
         """Projected image embeddings [N, D] (not normalised)."""
 
+    @property
+    def has_text_tower(self) -> bool:
+        """Whether this model has the text tower (and tokenizer) that `text_classifier` needs."""
+        return False
+
+    def text_classifier(self, class_prompts: dict[str, list[str]], batch_size: int = 256) -> Tensor:
+        """The zero-shot text classifier: L2-normalised text features [C, D] in fp32 on the encoder's
+        device, one row per class of `class_prompts` (class -> prompts, in label order), each row the
+        mean of the class's normalised prompt features, normalised again. `batch_size` bounds how many
+        prompts run through the text tower at once."""
+        if not self.has_text_tower:
+            raise ConfigError(
+                f"the text classifiers need CLIP's text tower, which model {self.name!r} ({self.backend} backend) "
+                "does not have here: set classifier.methods=[prototypes]"
+            )
+        from synthshot.classify.text import class_text_features, prompt_owners
+
+        texts, owner = prompt_owners(class_prompts)
+        step = max(1, int(batch_size))
+        with torch.no_grad():
+            features = torch.cat([self._encode_texts(texts[i : i + step]) for i in range(0, len(texts), step)])
+            return class_text_features(features, owner, len(class_prompts)).to(self.device)
+
+    def _encode_texts(self, texts: list[str]) -> Tensor:
+        """Projected text features [P, D] of prompts (not normalised), for `text_classifier`."""
+        raise NotImplementedError(f"{type(self).__name__} has no text tower")
+
     @abstractmethod
     def _weights(self) -> Iterable[tuple[str, Tensor]]:
         """The image tower's named tensors (for the weights digest)."""
@@ -187,6 +216,16 @@ class TransformersImageEncoder(ImageEncoder):
         # transformers 5 returns the vision output with the projected embedding as pooler_output.
         return out if isinstance(out, Tensor) else out.pooler_output
 
+    @property
+    def has_text_tower(self) -> bool:
+        return True
+
+    def text_classifier(self, class_prompts: dict[str, list[str]], batch_size: int = 256) -> Tensor:
+        # The bundle's model: with a LoRA adapter applied, the adapted text tower.
+        from synthshot.classify.text import text_classifier_weights
+
+        return text_classifier_weights(self.clip, class_prompts, device=self.device, batch_size=batch_size)
+
     def _weights(self) -> Iterable[tuple[str, Tensor]]:
         yield from self.model.vision_model.state_dict().items()
         yield from self.model.visual_projection.state_dict().items()
@@ -196,11 +235,13 @@ class TransformersImageEncoder(ImageEncoder):
 
 
 class OpenClipImageEncoder(ImageEncoder):
-    """The image tower of an open_clip model with its own (torchvision) transform."""
+    """The image tower of an open_clip model with its own (torchvision) transform; its text tower
+    too, for the text classifiers, when the model has one (`encode_text`) and a tokenizer is given
+    (open_clip's: a callable, list of prompts -> token ids [P, L])."""
 
     backend = "open_clip"
 
-    def __init__(self, name: str, model, transform):
+    def __init__(self, name: str, model, transform, tokenizer=None):
         visual = model.visual
         size = visual.image_size
         size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
@@ -216,6 +257,7 @@ class OpenClipImageEncoder(ImageEncoder):
         super().__init__(name, PixelSpec(size, mean, std), int(dim), parameter.device, parameter.dtype)
         self.model = model
         self.transform = transform
+        self.tokenizer = tokenizer
 
     def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
         return torch.stack([self.transform(image.convert("RGB")) for image in images])
@@ -223,6 +265,22 @@ class OpenClipImageEncoder(ImageEncoder):
     @torch.inference_mode()
     def encode(self, pixel_values: Tensor) -> Tensor:
         return self.model.encode_image(pixel_values.to(self.device, self.dtype))
+
+    @property
+    def has_text_tower(self) -> bool:
+        return self.tokenizer is not None and callable(getattr(self.model, "encode_text", None))
+
+    def text_classifier(self, class_prompts: dict[str, list[str]], batch_size: int = 256) -> Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return super().text_classifier(class_prompts, batch_size)
+        finally:
+            self.model.train(was_training)
+
+    def _encode_texts(self, texts: list[str]) -> Tensor:
+        tokens = self.tokenizer(texts)
+        return self.model.encode_text(tokens.to(self.device))
 
     def _weights(self) -> Iterable[tuple[str, Tensor]]:
         yield from self.model.visual.state_dict().items()
@@ -266,7 +324,21 @@ def load_open_clip(name: str, options: HubOptions, *, device: str = "cpu", dtype
     model.eval()
     if dtype is not None:
         model.to(dtype)
-    return OpenClipImageEncoder(name, model, transform)
+    return OpenClipImageEncoder(name, model, transform, _open_clip_tokenizer(open_clip, name, arch, model, cache_dir))
+
+
+def _open_clip_tokenizer(open_clip, name: str, arch: str, model, cache_dir: str | None):
+    """open_clip's tokenizer of a model with a text tower; None (image features only) without one."""
+    if not callable(getattr(model, "encode_text", None)):
+        return None
+    # open_clip < 2.32 has no cache_dir (its **kwargs go to the tokenizer's constructor).
+    takes_cache_dir = "cache_dir" in inspect.signature(open_clip.get_tokenizer).parameters
+    try:
+        return open_clip.get_tokenizer(arch, **({"cache_dir": cache_dir} if cache_dir and takes_cache_dir else {}))
+    except Exception as exc:  # an unknown tokenizer, or one that cannot be fetched offline
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        logger.warning("open_clip model %s: no tokenizer (%s); only its image features can be used", name, reason)
+        return None
 
 
 def _apply_adapter(bundle, adapter: Path):

@@ -142,15 +142,22 @@ def read_cache(cache: Path) -> CachedFeatures:
     return CachedFeatures(encoder, settings, records, features)
 
 
-def _differences(old: dict, new: dict) -> str:
-    def short(value) -> str:
-        if isinstance(value, str) and len(value) > 70:  # paths: the end says most
-            return "..." + value[-67:]
-        text = json.dumps(value, sort_keys=True)
-        return text if len(text) <= 70 else text[:67] + "..."
+def _differences(old: dict, new: dict, prefix: str = "") -> str:
+    """`key: old -> new` for each differing value, nested keys dotted; values in full (a path is
+    never shortened: the part that differs may be anywhere in it)."""
+    def text(value) -> str:
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
-    keys = sorted(set(old) | set(new), key=str)
-    return "; ".join(f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in keys if old.get(k) != new.get(k))
+    parts = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            parts.append(_differences(a, b, f"{prefix}{key}."))
+        else:
+            parts.append(f"{prefix}{key}: {text(a)} -> {text(b)}")
+    return "; ".join(parts)
 
 
 def load_reusable(cache: Path, encoder: dict, settings: dict) -> CachedFeatures | None:

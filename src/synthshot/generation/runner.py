@@ -214,6 +214,7 @@ def run_generation(
     progress: bool = True,
     manifest_name: str = MANIFEST,
     reconcile_first: bool = True,
+    fingerprint: Callable[[WorkItem], str] | None = None,
 ) -> GenerationReport:
     """Render the unfinished `items` into `out_dir`, resuming whatever a previous run left.
 
@@ -222,12 +223,17 @@ def run_generation(
     them into an error. A full disk stops the run with a SynthshotError; rerunning resumes.
     In a multi-process run each process passes its own `manifest_name` (`process_manifest(rank)`)
     and `reconcile_first=False`, after the main process called `reconcile`.
+
+    With `fingerprint` (item -> the fingerprint of everything its image depends on, see
+    `generation/fingerprint.py`), each record carries its item's fingerprint, and a finished image
+    whose record carries another one is never reused: the call stops with an error naming what
+    changed (from the records' `settings`, when `record_extra` holds them).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     _, save_options = _format(image_format)
     record_extra = dict(record_extra or {})
-    clashes = sorted(set(record_extra) & ({f.name for f in dataclasses.fields(WorkItem)} | {"file"}))
+    clashes = sorted(set(record_extra) & ({f.name for f in dataclasses.fields(WorkItem)} | {"file", "fingerprint"}))
     if clashes:
         raise ValueError(f"record_extra keys {clashes} would overwrite work item fields: rename them")
     try:
@@ -245,6 +251,8 @@ def run_generation(
     reconciled = reconcile(out_dir) if reconcile_first else None
     finished = reconciled.finished if reconciled else finished_records(out_dir)
     report = GenerationReport(reconcile=reconciled)
+    if fingerprint is not None:
+        _check_reusable(items, finished, fingerprint, record_extra.get("settings"), out_dir)
     report.skipped = [item.id for item in items if item.id in finished]
     todo = [item for item in items if item.id not in finished]
 
@@ -260,6 +268,8 @@ def run_generation(
                 else:
                     path = image_path(out_dir, item, image_format)
                     record = {**item.to_record(), "file": path.relative_to(out_dir.resolve()).as_posix(), **record_extra}
+                    if fingerprint is not None:
+                        record["fingerprint"] = fingerprint(item)
                     _write_image(result, path, save_options, out_dir)
                     _append_record(manifest, record, path, out_dir)
                     report.done.append(item.id)
@@ -267,6 +277,26 @@ def run_generation(
     elapsed = time.perf_counter() - start
     report.images_per_second = len(report.done) / elapsed if report.done and elapsed > 0 else 0.0
     return report
+
+
+def _check_reusable(items: list[WorkItem], finished: dict[str, dict], fingerprint, settings: dict | None,
+                    out_dir: Path) -> None:
+    """Refuse to reuse (or add to) images made from other settings or other inputs."""
+    from synthshot.generation.fingerprint import describe_changes
+
+    stale = [item for item in items if item.id in finished and finished[item.id].get("fingerprint") != fingerprint(item)]
+    if not stale:
+        return
+    record = finished[stale[0].id]
+    changes = describe_changes(record.get("settings"), settings) if settings is not None else []
+    if not changes:
+        changes = ["the same settings, but other work item inputs (prompt, positive or negative image)"]
+    shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+    raise DataError(
+        f"{out_dir} holds {len(stale)} image(s) made with other settings than this run's (e.g. {stale[0].id}: "
+        f"{shown}): restore those settings, or leave synthetic_dir unset (each setting then gets its own set "
+        "folder), or point synthetic_dir at a new folder"
+    )
 
 
 def _render_batch(render: Renderer, batch: list[WorkItem]) -> list:

@@ -201,3 +201,22 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+SWEEP_STATUS = Path(".synthshot") / "sweep.json"
+
+
+def failed_runs(out: str | Path) -> dict[str, str]:
+    """run name -> its one-line error, for the runs the last sweep in `out` recorded as failed."""
+    import json
+
+    try:
+        data = json.loads((Path(out) / SWEEP_STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, dict):
+        return {}
+    return {str(name): str(s.get("error", "")) for name, s in runs.items()
+            if isinstance(s, dict) and s.get("status") == "failed"}
+

@@ -33,6 +33,7 @@ from synthshot.report.collect import (
     Entry,
     Run,
     collect_runs,
+    failed_runs,
     flatten,
 )
 
@@ -125,6 +126,16 @@ def _reported_split(entries: list[Entry]) -> str | None:
 def _best(entries: list[Entry], split: str | None) -> Entry | None:
     candidates = [entry for entry in entries if entry.split == split and entry.top1 is not None]
     return max(candidates, key=lambda entry: entry.top1) if candidates else None
+
+
+def _failed_section(failed: dict[str, str]) -> list[str]:
+    """The sweep runs that failed, with their errors (their other runs are reported below)."""
+    if not failed:
+        return []
+    rows = [(name, error) for name, error in failed.items()]
+    return ["<h2 id='failed'>Failed runs</h2>",
+            _note(f"{len(failed)} run(s) of this sweep failed; rerun the sweep after fixing the cause."),
+            _table(["run", "error"], rows, ["failed"] * len(rows))]
 
 
 def _accuracy_section(runs: list[Run], best: Entry | None) -> list[str]:
@@ -362,6 +373,7 @@ def write_report(out: str | Path, *, max_grid_items: int = 12, echo: Callable[[s
     # 1. Numbers, then 2. plots over the sweep, 3. the best entry in detail, 4.-5. what generation
     # used and made, 6. how to reproduce it.
     body: list[str] = []
+    body += _failed_section(failed_runs(out))
     body += _accuracy_section(runs, best)
     body += _curves_section(runs, split, figures)
     body += _best_section(best, figures)

@@ -1,0 +1,119 @@
+"""What a synthetic image depends on, as data: recorded with every image and compared on reuse.
+
+* `image_settings(config)`: every setting an image depends on (models, mode, scales, steps,
+  scheduler, size, precision, attention, seed, augmentation, negative sampling, format). Batch
+  size and compilation are left out: an image is the same whatever the batch (items carry their
+  own seeds).
+* `item_fingerprint(settings, item, root)`: the settings' digest plus what the work item itself
+  names (class, index, seed, prompt, positive and negative files relative to the data root, so a
+  moved dataset keeps its images). A finished image is reused only when its record carries the
+  same fingerprint.
+* `set_key(config)`: the name of the folder of a synthetic set, from the settings and the inputs
+  that decide the work items (the data, the prompts, the negatives' similarity).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+FINGERPRINT_FORMAT = "synthshot-image-1"
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def image_settings(config) -> dict:
+    """The settings every image of a synthetic set is made with (a `RunConfig` with models resolved)."""
+    gen, models = config.generation, config.models
+    adapters = gen.mode != "text"
+    settings: dict[str, Any] = {
+        "format": FINGERPRINT_FORMAT,
+        "mode": gen.mode,
+        "seed": config.seed,
+        "w_text": gen.w_text,
+        "steps": gen.steps,
+        "scheduler": gen.scheduler,
+        "size": [gen.width, gen.height],
+        "precision": gen.precision,
+        "attention": gen.attention,
+        "empty_text": gen.empty_text,
+        "image_format": "jpg" if gen.image_format in ("jpg", "jpeg") else gen.image_format,
+        "models": {"diffusion": models.diffusion, "revision": models.revision},
+    }
+    if adapters:
+        settings.update(w_pos=gen.w_pos, ip_adapter_scale=gen.ip_adapter_scale, augment=gen.augment)
+        settings["models"].update(ip_adapter=models.ip_adapter, ip_adapter_subfolder=models.ip_adapter_subfolder,
+                                  ip_adapter_weights=list(models.ip_adapter_weights),
+                                  image_encoder=models.image_encoder,
+                                  image_encoder_subfolder=models.image_encoder_subfolder)
+    if gen.mode == "dual":
+        sim = config.similarity
+        settings["w_neg"] = gen.w_neg
+        settings["negatives"] = {"sampling": sim.sampling}
+        if sim.sampling == "similarity":
+            settings["negatives"].update(method=sim.method, temperature=sim.temperature, clip=models.clip)
+    return settings
+
+
+def settings_digest(settings: dict) -> str:
+    return digest(settings)
+
+
+def set_key(config) -> str:
+    """12 hex digits naming the synthetic set of `config` (models resolved): equal for runs whose
+    images would be equal, whatever their images per class."""
+    inputs: dict[str, Any] = {"settings": image_settings(config)}
+    data = config.model_dump(mode="json")["data"]
+    data.pop("holdout_shots", None)  # which images are held out for testing does not change an image
+    inputs["data"] = data
+    gen = config.generation
+    inputs["prompts_source"] = {"template": gen.template, "prompt_cycle": gen.prompt_cycle,
+                                "prompts_file": str(gen.prompts_file) if gen.prompts_file else None}
+    if "prompts" in config.stages and gen.prompts_file is None:
+        prompts = config.prompts.model_dump(mode="json")
+        for key in ("cache_dir", "timeout", "max_retries"):  # how the answers are fetched, not what they are
+            prompts.pop(key, None)
+        inputs["prompts"] = prompts
+    return digest(inputs)[:12]
+
+
+def _relative(path: str | None, root: Path | None) -> str | None:
+    if path is None or root is None:
+        return path
+    absolute, base = os.path.abspath(path), os.path.abspath(root)
+    if absolute == base or absolute.startswith(base.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(absolute, base)).as_posix()
+    return path
+
+
+def item_fingerprint(settings: str, item, root: Path | None = None) -> str:
+    """The fingerprint of one work item's image under `settings` (a `settings_digest`)."""
+    return digest({
+        "settings": settings,
+        "class_name": item.class_name,
+        "index": item.index,
+        "seed": item.seed,
+        "prompt": item.prompt,
+        "positive_file": _relative(item.positive_file, root),
+        "negative_class": item.negative_class,
+        "negative_file": _relative(item.negative_file, root),
+    })[:32]
+
+
+def describe_changes(old: dict | None, new: dict, prefix: str = "") -> list[str]:
+    """`key: old -> new` for every setting that differs (nested keys dotted)."""
+    if not isinstance(old, dict):
+        return ["settings not recorded (made by an earlier version)"]
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += describe_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changes

@@ -1,0 +1,155 @@
+"""`generate`: synthetic images -> <synthetic set>/synthetic/<class_slug>/<id>.<ext> + manifest.jsonl
+
+The set's folder comes from the experiment: `synthetic-<key>` under the run (or under the sweep's
+`shared/`), keyed by every setting and input the images depend on, so a rerun with other settings
+makes a new set beside the old one and never reuses an image made differently. Each manifest
+record carries the settings and its item's fingerprint. An explicit `synthetic_dir` pins the
+folder; images there made with other settings are then refused with a message naming the change.
+"""
+
+from __future__ import annotations
+
+import os
+
+from synthshot.config import write_resolved_config
+from synthshot.errors import DataError
+from synthshot.experiment import Experiment
+from synthshot.stages.base import Stage
+
+
+def prompts_per_class(exp: Experiment) -> dict[str, str | list[str]]:
+    """Each class's prompt (the template) or prompt list (a prompts.json, cycled by image index)."""
+    gen, data = exp.config.generation, exp.data
+    path = gen.prompts_file or (exp.layout.prompts_file if "prompts" in exp.config.stages else None)
+    if path is None:
+        return data.prompts(exp.template)
+    from synthshot.prompts import load_prompts
+
+    loaded = load_prompts(path)
+    missing = [name for name in data.split if name not in loaded]
+    if missing:
+        raise DataError(f"prompts file {path} has no prompts for the classes {missing[:8]}: rerun synthshot prompts")
+    if gen.prompt_cycle == "first":
+        return {name: loaded[name][0] for name in data.split}
+    return {name: loaded[name] for name in data.split}
+
+
+def plan(exp: Experiment, *, echo=print):
+    """The work items of the run: `images_per_class` per class, negatives drawn from the similarity."""
+    from synthshot.generation.items import plan_items
+    from synthshot.stages import similarity
+
+    gen, data = exp.config.generation, exp.data
+    if gen.mode == "dual" and len(data.split) < 2:
+        raise DataError(
+            f"generation.mode=dual needs at least two classes to draw negatives from, but {data.split_file} "
+            "has one: use generation.mode=single"
+        )
+    negative_probs = None
+    if gen.mode == "dual" and exp.config.similarity.sampling == "similarity":
+        negative_probs = similarity.run(exp, echo=echo).as_dict()
+    return plan_items(
+        {name: [str(p) for p in files] for name, files in data.split.items()},
+        images_per_class=gen.images_per_class,
+        base_seed=exp.config.seed,
+        prompts=prompts_per_class(exp),
+        mode=gen.mode,
+        negative_probs=negative_probs,
+    )
+
+
+def record_extra(exp: Experiment) -> dict:
+    """What each manifest record says besides its work item: the settings, in full and as a digest."""
+    from synthshot.generation.fingerprint import settings_digest
+
+    gen = exp.config.generation
+    return {
+        "mode": gen.mode,
+        "scales": {"w_text": gen.w_text, "w_pos": gen.w_pos, "w_neg": gen.w_neg, "ip_adapter_scale": gen.ip_adapter_scale},
+        "steps": gen.steps,
+        "scheduler": gen.scheduler,
+        "size": [gen.width, gen.height],
+        "settings": exp.image_settings,
+        "settings_digest": settings_digest(exp.image_settings),
+    }
+
+
+def run(exp: Experiment, *, shard: tuple[int, int] | None = None, progress: bool = True, echo=print):
+    """Generate the images the run asks for into its set, resuming what exists. Under
+    `accelerate launch` the work items are split across the processes."""
+    from synthshot.generation.engine import PipelineRenderer, load_pipeline
+    from synthshot.generation.fingerprint import item_fingerprint, settings_digest
+    from synthshot.generation.items import shard_items
+    from synthshot.generation.runner import process_manifest, reconcile, run_generation
+
+    config, gen = exp.config, exp.config.generation
+    items = plan(exp, echo=echo)
+    state = _distributed_state()
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    if shard is not None:
+        items = shard_items(items, *shard)
+    if world > 1:
+        items = shard_items(items, rank, world)
+    device = str(state.device) if state and world > 1 else exp.device
+
+    out = exp.layout.synthetic
+    if rank == 0:
+        reconcile(out)
+        write_resolved_config(config, out)
+    if world > 1:
+        state.wait_for_everyone()
+    digest, root = settings_digest(exp.image_settings), exp.data_root
+    pipe = load_pipeline(config.models, gen, exp.hub, device)
+    report = run_generation(
+        items,
+        PipelineRenderer(pipe, gen),
+        out,
+        batch_size=gen.batch_size,
+        image_format=gen.image_format,
+        record_extra=record_extra(exp),
+        progress=progress and rank == 0,
+        manifest_name=process_manifest(rank) if world > 1 else "manifest.jsonl",
+        reconcile_first=world == 1,
+        fingerprint=lambda item: item_fingerprint(digest, item, root),
+    )
+    if world > 1:
+        state.wait_for_everyone()
+        if rank == 0:
+            reconcile(out)
+    echo(
+        f"generated {len(report.done)} image(s), {len(report.skipped)} already there, {len(report.failed)} failed "
+        f"({report.images_per_second:.2f} images/s) -> {out}"
+    )
+    report.raise_for_failures()
+    return report
+
+
+def complete(exp: Experiment) -> bool:
+    """Every image the run asks for is in its set, made with its settings."""
+    from synthshot.generation.fingerprint import settings_digest
+    from synthshot.generation.sets import count_finished
+
+    ipc = exp.config.generation.images_per_class
+    found = count_finished(exp.layout.synthetic, ipc, settings_digest(exp.image_settings))
+    return found >= ipc * len(exp.classes)
+
+
+def _distributed_state():
+    """accelerate's process state when launched with several processes, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+STAGE = Stage(
+    name="generate",
+    run=run,
+    reads=("generation", "models", "seed", "similarity", "synthetic_dir", "prompts"),
+    ignores=("generation.batch_size", "generation.compile", "prompts.cache_dir", "prompts.timeout",
+             "prompts.max_retries", "similarity.batch_size"),
+    after=("data", "prompts", "similarity"),
+    writes=lambda exp: [exp.layout.synthetic / "manifest.jsonl"],
+    done=complete,
+)

@@ -1,0 +1,63 @@
+"""Every preset runs end to end: `synthshot run <preset>` through the preset file itself, on a
+small drawn copy of its dataset laid out exactly as `synthshot datasets prepare` lays it out (the
+real class names, the CoOp split files), with the models swapped for the tiny kit, the LLM for the
+registry templates, and counts and sizes reduced with `--set`. All of the preset's stages and its
+sweep run; a broken preset fails its test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prepared_datasets import make_prepared_dataset, preset_data
+from typer.testing import CliRunner
+
+from synthshot.cli import app
+from synthshot.config import list_presets, load_config
+from synthshot.results import read_results
+
+DATASET_PRESETS = sorted(name for name in list_presets() if name in preset_data())
+
+# Small and fast, and nothing the preset's own structure depends on.
+COMMON = ["offline=true", "generation.steps=2", "generation.height=32", "generation.width=32",
+          "generation.precision=fp32", "generation.batch_size=8", "generation.images_per_class=2"]
+DIPSY = ["data.shots=2", "similarity.batch_size=8", "finetune.epochs=1", "finetune.batch_size=4",
+         "finetune.steps_per_epoch=1", "finetune.warmup_steps=0", "finetune.num_workers=0", "finetune.precision=fp32",
+         "finetune.eval_batch_size=16"]
+LGCLIP = ["prompts.backend=template", "prompts.per_class=2", "features.scales=[5, 10]", "features.batch_size=16",
+          "classifier.tip_alpha=[1.0]", "classifier.tip_beta=[1.0, 5.5]"]
+
+
+def test_every_dataset_preset_is_covered():
+    assert len(DATASET_PRESETS) == 16
+    assert {name.split("-")[0] for name in DATASET_PRESETS} == {"dipsy", "lgclip"}
+
+
+@pytest.mark.parametrize("preset", DATASET_PRESETS)
+def test_preset_runs_end_to_end(preset, tmp_path, tiny_kit, monkeypatch):
+    data = preset_data()[preset]
+    make_prepared_dataset(data["dataset"], tmp_path, classes=3, train=3, val=2, test=2)
+    monkeypatch.chdir(tmp_path)  # the preset's relative data.root and output_dir are read from here
+    overrides = [f"models.tiny_kit={tiny_kit}", *COMMON, *(DIPSY if preset.startswith("dipsy") else LGCLIP)]
+    args = ["run", preset]
+    for override in overrides:
+        args += ["--set", override]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+
+    config = load_config(preset, overrides)
+    out = tmp_path / config.output_dir
+    assert (out / "report" / "index.html").is_file()
+    results = sorted(p for p in out.rglob("results.json") if ".synthshot" not in p.parts)
+    runs = len(config.sweep["models.clip"]) if config.sweep else 1
+    assert len(results) == runs  # every run of the sweep finished
+    for path in results:
+        saved = read_results(path)
+        tests = [e for e in saved["results"] if e["split"] == "test"]
+        assert tests and all(e["metrics"]["num_images"] == 6 for e in tests)  # the dataset's own test split: 3 x 2
+        assert saved["run"]["test_set"]["num_images"] == 6 and saved["skipped"] == [] if "skipped" in saved else True
+        classes = tests[0]["metrics"]["classes"]
+        assert len(classes) == 3
+    if config.sweep:
+        status = json.loads((out / ".synthshot" / "sweep.json").read_text())["runs"]
+        assert {s["status"] for s in status.values()} == {"done"} and len(status) == runs
