@@ -55,7 +55,7 @@ def test_preset_runs_end_to_end(preset, tmp_path, tiny_kit, monkeypatch):
         saved = read_results(path)
         tests = [e for e in saved["results"] if e["split"] == "test"]
         assert tests and all(e["metrics"]["num_images"] == 6 for e in tests)  # the dataset's own test split: 3 x 2
-        assert saved["run"]["test_set"]["num_images"] == 6 and saved["skipped"] == [] if "skipped" in saved else True
+        assert saved["run"]["test_set"]["num_images"] == 6 and saved["skipped"] == []
         classes = tests[0]["metrics"]["classes"]
         assert len(classes) == 3
     if config.sweep:

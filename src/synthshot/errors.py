@@ -16,3 +16,23 @@ class DataError(SynthshotError):
 
 class ModelError(SynthshotError):
     """A model that cannot be found, loaded, or combined with the others."""
+
+
+def describe_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """`key: old -> new` for every value that differs, nested keys dotted, values in full (a path
+    is never shortened: the part that differs may be anywhere in it)."""
+    import json
+
+    def text(value) -> str:
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+    changes = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += describe_changes(a, b, f"{prefix}{key}.")
+        else:
+            changes.append(f"{prefix}{key}: {text(a)} -> {text(b)}")
+    return changes

@@ -128,10 +128,6 @@ class Experiment:
         self.config = config
         self.layout = Layout(out=config.output_dir, synthetic=config.synthetic_dir)
 
-    @classmethod
-    def from_config(cls, config: RunConfig) -> Experiment:
-        return cls(config)
-
     # ------------------------------------------------------------------------------ models
     @functools.cached_property
     def hub(self):
@@ -289,10 +285,22 @@ class Experiment:
         return image_settings(self.config)
 
     @functools.cached_property
+    def settings_digest(self) -> str:
+        from synthshot.generation.fingerprint import settings_digest
+
+        return settings_digest(self.image_settings)
+
+    @property
+    def has_synthetic(self) -> bool:
+        """Whether the run's synthetic set has a manifest (generation has started)."""
+        from synthshot.generation.runner import MANIFEST
+
+        return (self.layout.synthetic / MANIFEST).is_file()
+
+    @functools.cached_property
     def synthetic(self):
         """The synthetic images this run uses: the first `images_per_class` of each class of the
         set in `layout.synthetic`, made with this run's settings."""
-        from synthshot.generation.fingerprint import settings_digest
         from synthshot.generation.sets import read_synthetic_set
 
         return read_synthetic_set(
@@ -300,7 +308,7 @@ class Experiment:
             self.classes,
             self.data.class_names,
             images_per_class=self.config.generation.images_per_class,
-            settings=settings_digest(self.image_settings),
+            settings=self.settings_digest,
         )
 
     # ------------------------------------------------------------------ evaluation sets

@@ -151,6 +151,23 @@ def unique_slugs(names: list[str]) -> dict[str, str]:
     return {name: slug for slug, name in seen.items()}
 
 
+def json_digest(obj: Any) -> str:
+    """sha256 (hex) of `obj` as JSON with sorted keys: a stable fingerprint of settings."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def relative_to_root(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """`path` relative to `root` (posix), or its absolute posix path when it is not under `root`.
+    abspath, not resolve(): the names of symlinked files are kept."""
+    absolute, base = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    try:
+        return absolute.relative_to(base).as_posix()
+    except ValueError:
+        return absolute.as_posix()
+
+
 def safe_join(root: str | os.PathLike, *parts: str) -> Path:
     """Join `parts` under `root` and refuse any result that escapes `root`."""
     root_path = Path(root).resolve()

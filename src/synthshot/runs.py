@@ -16,7 +16,6 @@ sweep ends with its table and report, and with an error when any run failed.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -28,10 +27,9 @@ from typing import Any
 from synthshot.config import RunConfig, apply_override, validate_config, write_resolved_config
 from synthshot.errors import ConfigError, SynthshotError
 from synthshot.experiment import STATE_FILE, Experiment, synthetic_set_name
-from synthshot.io import atomic_write_json, slugify
+from synthshot.io import atomic_write_json, json_digest, slugify
 
 SHARED = "shared"
-SWEEP_FILE = Path(".synthshot") / "sweep.json"
 
 
 def _select(tree: dict, dotted: str) -> Any:
@@ -52,10 +50,6 @@ def _drop(tree: dict, dotted: str) -> None:
         node.pop(last, None)
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def stage_fingerprints(exp: Experiment) -> dict[str, str]:
     """The fingerprint of every stage of the run, in pipeline order."""
     from synthshot.stages import STAGES
@@ -69,7 +63,7 @@ def stage_fingerprints(exp: Experiment) -> dict[str, str]:
                 if dotted.startswith(key + ".") and isinstance(value, dict):
                     _drop(value, dotted[len(key) + 1:])
         upstream = {dep: prints[dep] for dep in stage.after if dep in exp.config.stages}
-        prints[name] = _digest({"stage": name, "inputs": own, "upstream": upstream})
+        prints[name] = json_digest({"stage": name, "inputs": own, "upstream": upstream})
     return prints
 
 
@@ -213,6 +207,8 @@ def run(config: RunConfig, *, force: bool = False, echo=print) -> list[RunConfig
     if not config.sweep:
         run_stages(runs[0], force=force, echo=echo)
         return runs
+    from synthshot.report.collect import SWEEP_STATUS  # where the report reads the runs' status
+
     sweep_dir = Path(config.output_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_resolved_config(config, sweep_dir)
@@ -233,7 +229,7 @@ def run(config: RunConfig, *, force: bool = False, echo=print) -> list[RunConfig
             log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
             echo(f"run {name} failed: {message} (traceback: {log})")
         status[name]["seconds"] = round(time.perf_counter() - started, 3)
-        atomic_write_json(sweep_dir / SWEEP_FILE, {"runs": status})
+        atomic_write_json(sweep_dir / SWEEP_STATUS, {"runs": status})
     echo(sweep_table(sweep_dir))
     failed = {name: s["error"] for name, s in status.items() if s["status"] == "failed"}
     if "report" in config.stages:
@@ -248,23 +244,14 @@ def run(config: RunConfig, *, force: bool = False, echo=print) -> list[RunConfig
     if failed:
         first = next(iter(failed))
         raise SweepFailed(f"{len(failed)} of {len(runs)} sweep runs failed (first: {first}: {failed[first]}); the "
-                          f"others finished; see {sweep_dir / SWEEP_FILE}")
+                          f"others finished; see {sweep_dir / SWEEP_STATUS}")
     return runs
-
-
-def read_sweep_status(folder: Path) -> dict[str, dict]:
-    """run name -> {"status": "done" | "failed", "error": ...} as the last sweep recorded it."""
-    try:
-        data = json.loads((Path(folder) / SWEEP_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    runs = data.get("runs") if isinstance(data, dict) else None
-    return runs if isinstance(runs, dict) else {}
 
 
 def sweep_table(folder: Path) -> str:
     """One line per (run, method) with its test top-1, from every results.json under `folder`,
     and one line per failed run."""
+    from synthshot.report.collect import failed_runs
     from synthshot.results import find_results, read_results
 
     rows = []
@@ -275,9 +262,7 @@ def sweep_table(folder: Path) -> str:
         for entry in data["results"]:
             if entry["split"] == "test":
                 rows.append((path.parent.parent.name, entry["method"], f"{100 * entry['metrics']['top1']:6.2f}%"))
-    for name, status in read_sweep_status(folder).items():
-        if status.get("status") == "failed":
-            rows.append((name, "FAILED", status.get("error", "")))
+    rows += [(name, "FAILED", error) for name, error in failed_runs(folder).items()]
     if not rows:
         return f"no results under {folder} yet"
     width = max(len(r[0]) for r in rows)

@@ -19,7 +19,6 @@ PROTOTYPES_FILE = "prototypes.safetensors"
 METHODS = ("prototypes", "text", "combined", "tip_adapter")
 TEXT_METHODS = frozenset({"text", "combined", "tip_adapter"})
 IMAGE_METHODS = frozenset({"prototypes", "combined", "tip_adapter"})
-DEFAULT_TEMPLATE = "a photo of a {}."
 # CLIP's own ensemble for datasets the registry does not know (a subset of openai/CLIP's ImageNet list).
 GENERIC_TEMPLATES = (
     "a photo of a {}.",
@@ -51,9 +50,9 @@ def class_text_prompts(dataset: str | None, which: str, class_names: dict[str, s
         templates = list(get_dataset(dataset).zeroshot_templates)
     else:
         templates = list(GENERIC_TEMPLATES)
-    if which == "single":
-        templates = templates[:1]
-    return {key: [t.format(name) for t in templates] for key, name in class_names.items()}
+    from synthshot.classify.text import class_prompts
+
+    return class_prompts(class_names, templates[:1] if which == "single" else templates)
 
 
 def load_prototypes(folder: str | Path) -> tuple[torch.Tensor, list[str]]:

@@ -386,7 +386,7 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def remove_stale_temporaries(folder: Path) -> None:
+def remove_partial_checkpoints(folder: Path) -> None:
     """Folders a killed save left behind (never a finished checkpoint)."""
     if folder.is_dir():
         for path in folder.glob(f"{TEMP_PREFIX}*"):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from synthshot.data.folders import is_readable
 from synthshot.errors import DataError
-from synthshot.io import atomic_write_json, slugify, unique_slugs
+from synthshot.io import atomic_write_json, relative_to_root, slugify, unique_slugs
 
 logger = logging.getLogger("synthshot.data")
 
@@ -96,15 +96,6 @@ def _absolute(path: Path) -> str:
 SPLIT_FORMAT = "synthshot-split-2"
 
 
-def _relative_to_root(path: Path, root: str) -> str:
-    """`path` relative to the absolute `root` (posix), or its absolute path if it is not under it."""
-    absolute = Path(_absolute(path))
-    try:
-        return absolute.relative_to(root).as_posix()
-    except ValueError:
-        return absolute.as_posix()
-
-
 def save_split(path: Path, split: dict[str, list[Path]], root: Path | str | None = None) -> None:
     """Write the split as JSON, atomically, with each class's images in selection order.
 
@@ -117,7 +108,7 @@ def save_split(path: Path, split: dict[str, list[Path]], root: Path | str | None
         atomic_write_json(path, {name: [_absolute(p) for p in files] for name, files in split.items()})
         return
     recorded = _absolute(Path(root))
-    classes = {name: [_relative_to_root(p, recorded) for p in files] for name, files in split.items()}
+    classes = {name: [relative_to_root(p, recorded) for p in files] for name, files in split.items()}
     atomic_write_json(path, {"format": SPLIT_FORMAT, "root": recorded, "classes": classes})
 
 

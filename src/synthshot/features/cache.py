@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from synthshot.errors import ConfigError, DataError
+from synthshot.errors import ConfigError, DataError, describe_changes
 from synthshot.io import atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger("synthshot.features")
@@ -142,24 +142,6 @@ def read_cache(cache: Path) -> CachedFeatures:
     return CachedFeatures(encoder, settings, records, features)
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> str:
-    """`key: old -> new` for each differing value, nested keys dotted; values in full (a path is
-    never shortened: the part that differs may be anywhere in it)."""
-    def text(value) -> str:
-        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-    parts = []
-    for key in sorted(set(old) | set(new), key=str):
-        a, b = old.get(key), new.get(key)
-        if a == b:
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            parts.append(_differences(a, b, f"{prefix}{key}."))
-        else:
-            parts.append(f"{prefix}{key}: {text(a)} -> {text(b)}")
-    return "; ".join(parts)
-
-
 def load_reusable(cache: Path, encoder: dict, settings: dict) -> CachedFeatures | None:
     """The cache at `cache` if it was made by this encoder with these settings; else None, with a
     log line saying why its features are not used."""
@@ -174,14 +156,14 @@ def load_reusable(cache: Path, encoder: dict, settings: dict) -> CachedFeatures 
         logger.warning(
             "feature cache %s was made by another model (%s): recomputing all features",
             cache,
-            _differences(cached.encoder, encoder),
+            "; ".join(describe_changes(cached.encoder, encoder)),
         )
         return None
     if cached.settings != settings:
         logger.warning(
             "feature cache %s was made with other settings (%s): recomputing all features",
             cache,
-            _differences(cached.settings, settings),
+            "; ".join(describe_changes(cached.settings, settings)),
         )
         return None
     return cached

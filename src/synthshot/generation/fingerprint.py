@@ -14,17 +14,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Any
 
+from synthshot.io import json_digest, relative_to_root
+
 FINGERPRINT_FORMAT = "synthshot-image-1"
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def image_settings(config) -> dict:
@@ -61,7 +56,7 @@ def image_settings(config) -> dict:
 
 
 def settings_digest(settings: dict) -> str:
-    return digest(settings)
+    return json_digest(settings)
 
 
 def set_key(config) -> str:
@@ -79,21 +74,16 @@ def set_key(config) -> str:
         for key in ("cache_dir", "timeout", "max_retries"):  # how the answers are fetched, not what they are
             prompts.pop(key, None)
         inputs["prompts"] = prompts
-    return digest(inputs)[:12]
+    return json_digest(inputs)[:12]
 
 
 def _relative(path: str | None, root: Path | None) -> str | None:
-    if path is None or root is None:
-        return path
-    absolute, base = os.path.abspath(path), os.path.abspath(root)
-    if absolute == base or absolute.startswith(base.rstrip(os.sep) + os.sep):
-        return Path(os.path.relpath(absolute, base)).as_posix()
-    return path
+    return path if path is None or root is None else relative_to_root(path, root)
 
 
 def item_fingerprint(settings: str, item, root: Path | None = None) -> str:
     """The fingerprint of one work item's image under `settings` (a `settings_digest`)."""
-    return digest({
+    return json_digest({
         "settings": settings,
         "class_name": item.class_name,
         "index": item.index,
@@ -103,17 +93,3 @@ def item_fingerprint(settings: str, item, root: Path | None = None) -> str:
         "negative_class": item.negative_class,
         "negative_file": _relative(item.negative_file, root),
     })[:32]
-
-
-def describe_changes(old: dict | None, new: dict, prefix: str = "") -> list[str]:
-    """`key: old -> new` for every setting that differs (nested keys dotted)."""
-    if not isinstance(old, dict):
-        return ["settings not recorded (made by an earlier version)"]
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += describe_changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return changes

@@ -34,7 +34,7 @@ from typing import Union
 from PIL import Image
 from tqdm.auto import tqdm
 
-from synthshot.errors import DataError, SynthshotError
+from synthshot.errors import DataError, SynthshotError, describe_changes
 from synthshot.generation.items import WorkItem
 from synthshot.io import append_jsonl, atomic_open, atomic_write_text, read_jsonl, remove_stale_temporaries, safe_join
 
@@ -282,13 +282,17 @@ def run_generation(
 def _check_reusable(items: list[WorkItem], finished: dict[str, dict], fingerprint, settings: dict | None,
                     out_dir: Path) -> None:
     """Refuse to reuse (or add to) images made from other settings or other inputs."""
-    from synthshot.generation.fingerprint import describe_changes
-
     stale = [item for item in items if item.id in finished and finished[item.id].get("fingerprint") != fingerprint(item)]
     if not stale:
         return
     record = finished[stale[0].id]
-    changes = describe_changes(record.get("settings"), settings) if settings is not None else []
+    recorded = record.get("settings")
+    if settings is None:
+        changes = []
+    elif isinstance(recorded, dict):
+        changes = describe_changes(recorded, settings)
+    else:
+        changes = ["settings not recorded (made by an earlier version)"]
     if not changes:
         changes = ["the same settings, but other work item inputs (prompt, positive or negative image)"]
     shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")

@@ -45,7 +45,7 @@ def read_synthetic_set(folder: Path, classes: list[str], prompt_names: dict[str,
     from synthshot.generation.runner import MANIFEST, finished_records
 
     folder = Path(folder)
-    records = [r for r in finished_records(folder).values() if int(r.get("index", -1)) < images_per_class]
+    records = _first_per_class(finished_records(folder), images_per_class)
     if not records and require:
         raise DataError(f"{folder} holds no synthetic images ({MANIFEST}): run `synthshot generate` first")
     if settings is not None:
@@ -79,6 +79,10 @@ def count_finished(folder: Path, images_per_class: int, settings: str | None = N
     """How many finished images of index < images_per_class (made with `settings`) `folder` has."""
     from synthshot.generation.runner import finished_records
 
-    return sum(1 for r in finished_records(Path(folder)).values()
-               if int(r.get("index", -1)) < images_per_class
-               and (settings is None or r.get("settings_digest") == settings))
+    records = _first_per_class(finished_records(Path(folder)), images_per_class)
+    return sum(1 for r in records if settings is None or r.get("settings_digest") == settings)
+
+
+def _first_per_class(finished: dict[str, dict], images_per_class: int) -> list[dict]:
+    """The finished records of the first `images_per_class` images (by index) of each class."""
+    return [r for r in finished.values() if int(r.get("index", -1)) < images_per_class]

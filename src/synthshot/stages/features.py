@@ -52,12 +52,6 @@ def image_features(exp: Experiment, encoder, images: LabelledImages, set_name: s
     return result.features
 
 
-def has_synthetic(exp: Experiment) -> bool:
-    from synthshot.generation.runner import MANIFEST
-
-    return (exp.layout.synthetic / MANIFEST).is_file()
-
-
 def run(exp: Experiment, *, echo=print) -> dict:
     """Extract (or reuse) the features of every image set the run has."""
     encoder = load_encoder(exp)
@@ -69,7 +63,7 @@ def run(exp: Experiment, *, echo=print) -> dict:
         sets["val"] = exp.classifier_sets.val
     if exp.data.split_file is not None:
         sets["fewshot"] = exp.data.labelled()
-    if has_synthetic(exp):
+    if exp.has_synthetic:
         sets["synthetic"] = exp.synthetic.images
     out = {name: image_features(exp, encoder, images, name, echo=echo) for name, images in sets.items()}
     write_resolved_config(exp.config, exp.layout.features)

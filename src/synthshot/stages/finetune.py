@@ -31,12 +31,9 @@ def training_sets(exp: Experiment):
     lam, classes = exp.config.finetune.lam, exp.classes
     real = real_images(exp.data.split, classes) if lam > 0 else TrainImages()
     synthetic = TrainImages()
-    if lam < 1:
-        from synthshot.generation.runner import MANIFEST
-
-        if (exp.layout.synthetic / MANIFEST).is_file():
-            images = exp.synthetic.images
-            synthetic = TrainImages(files=list(images.files), labels=list(images.labels))
+    if lam < 1 and exp.has_synthetic:
+        images = exp.synthetic.images
+        synthetic = TrainImages(files=list(images.files), labels=list(images.labels))
     check_training_sets(real, synthetic, classes, lam, exp.layout.synthetic)
     return real, synthetic
 
@@ -102,7 +99,7 @@ def run(exp: Experiment, *, mode: str = "auto", echo=print, progress: bool = Tru
     lora = LoraSettings.from_config(settings)
     fingerprint = ft.data_fingerprint(real, synthetic, classes)
     if main:
-        ft.remove_stale_temporaries(out / ft.CHECKPOINTS)
+        ft.remove_partial_checkpoints(out / ft.CHECKPOINTS)
     checkpoint, state = _checkpoint_to_resume(exp, out, mode, bundle, lora, fingerprint, accelerator.num_processes,
                                               say, main)
     accelerator.wait_for_everyone()

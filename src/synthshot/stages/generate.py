@@ -60,8 +60,6 @@ def plan(exp: Experiment, *, echo=print):
 
 def record_extra(exp: Experiment) -> dict:
     """What each manifest record says besides its work item: the settings, in full and as a digest."""
-    from synthshot.generation.fingerprint import settings_digest
-
     gen = exp.config.generation
     return {
         "mode": gen.mode,
@@ -70,7 +68,7 @@ def record_extra(exp: Experiment) -> dict:
         "scheduler": gen.scheduler,
         "size": [gen.width, gen.height],
         "settings": exp.image_settings,
-        "settings_digest": settings_digest(exp.image_settings),
+        "settings_digest": exp.settings_digest,
     }
 
 
@@ -78,7 +76,7 @@ def run(exp: Experiment, *, shard: tuple[int, int] | None = None, progress: bool
     """Generate the images the run asks for into its set, resuming what exists. Under
     `accelerate launch` the work items are split across the processes."""
     from synthshot.generation.engine import PipelineRenderer, load_pipeline
-    from synthshot.generation.fingerprint import item_fingerprint, settings_digest
+    from synthshot.generation.fingerprint import item_fingerprint
     from synthshot.generation.items import shard_items
     from synthshot.generation.runner import process_manifest, reconcile, run_generation
 
@@ -98,7 +96,7 @@ def run(exp: Experiment, *, shard: tuple[int, int] | None = None, progress: bool
         write_resolved_config(config, out)
     if world > 1:
         state.wait_for_everyone()
-    digest, root = settings_digest(exp.image_settings), exp.data_root
+    digest, root = exp.settings_digest, exp.data_root
     pipe = load_pipeline(config.models, gen, exp.hub, device)
     report = run_generation(
         items,
@@ -126,11 +124,10 @@ def run(exp: Experiment, *, shard: tuple[int, int] | None = None, progress: bool
 
 def complete(exp: Experiment) -> bool:
     """Every image the run asks for is in its set, made with its settings."""
-    from synthshot.generation.fingerprint import settings_digest
     from synthshot.generation.sets import count_finished
 
     ipc = exp.config.generation.images_per_class
-    found = count_finished(exp.layout.synthetic, ipc, settings_digest(exp.image_settings))
+    found = count_finished(exp.layout.synthetic, ipc, exp.settings_digest)
     return found >= ipc * len(exp.classes)
 
 
