@@ -28,6 +28,14 @@ def test_config_error_is_one_line_with_exit_code_2():
     assert result.stderr.strip() == "error: config: unknown key generation.stpes: did you mean generation.steps?"
 
 
+def test_a_usage_error_is_a_usage_line_with_exit_code_2_not_a_traceback(tmp_path):
+    result = synthshot("run")  # CONFIG missing
+    assert result.returncode == 2 and "Missing argument 'config'" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = synthshot("generate", "--shard")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
 def test_bad_yaml_exit_code_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [1,\n")

@@ -235,16 +235,28 @@ def main() -> None:
         typer.echo("interrupted: rerun the same command to resume; finished work is kept", err=True)
         sys.exit(130)
     except Exception as exc:  # click's usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
+        for exceptions in _click_exception_modules():
+            if isinstance(exc, exceptions.ClickException):
+                exc.show()
+                sys.exit(exc.exit_code)
+            if isinstance(exc, exceptions.Exit):
+                sys.exit(exc.exit_code)
+            if isinstance(exc, exceptions.Abort):
+                sys.exit(1)
         raise
+
+
+def _click_exception_modules() -> list:
+    """click's exceptions, and those of the copy of click that newer typer versions carry inside
+    (`typer._click`), whose usage errors are not click's classes."""
+    import click
+
+    modules = [click.exceptions]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:
+        return modules
+    return modules + [vendored]
 
 
 if __name__ == "__main__":
