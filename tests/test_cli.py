@@ -50,6 +50,68 @@ def test_make_tiny(tmp_path):
     assert (tmp_path / "kit" / "kit.json").is_file()
 
 
+def test_make_tiny_never_empties_a_folder_it_did_not_write(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"my photo")
+    for extra in ([], ["--overwrite"]):
+        result = synthshot("models", "make-tiny", folder, *extra)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "is not a tiny model kit" in result.stderr
+        assert "holiday.jpg" in result.stderr
+        assert sorted(p.name for p in folder.iterdir()) == ["holiday.jpg"]
+        assert (folder / "holiday.jpg").read_bytes() == b"my photo"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"], "no staging folder left behind"
+    # The same through a config's models.tiny_kit.
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'out'}\nmodels: {{tiny_kit: {folder}}}\ndata: {{demo: {{classes: 2}}}}\n")
+    result = synthshot("run", config)
+    assert result.returncode == 2 and "is not a tiny model kit" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["holiday.jpg"]
+
+
+def test_a_config_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("output_dir: r\u00e9sultats\n".encode("latin-1"))
+    result = synthshot("config", config)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is not UTF-8 text" in result.stderr and "latin1.yaml" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_preset_name_cannot_reach_outside_the_presets(tmp_path):
+    outside = tmp_path / "evil.yaml"
+    outside.write_text("output_dir: /tmp/should-not-be-read\n")
+    import synthshot.config as config_module
+
+    relative = os.path.relpath(outside.with_suffix(""), config_module.PRESETS_DIR)
+    for name in (relative, str(outside.with_suffix(""))):
+        result = synthshot("config", "--set", f"preset={name}")
+        assert result.returncode == 2 and "unknown preset" in result.stderr, result.stderr
+        assert "should-not-be-read" not in result.stdout
+
+
+def test_class_names_with_control_characters_keep_errors_on_one_line(tmp_path):
+    root = tmp_path / "data"
+    from PIL import Image
+
+    for name in ("red\nfox", "red fox", "cat\x1b[31m"):
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / name / "0.png")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'out'}\ndata: {{root: {root}, shots: 1}}\n")
+    result = synthshot("data", "split", config)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "\x1b" not in result.stderr and "'red\\nfox'" in result.stderr, result.stderr
+    # A message that names a path holding those characters.
+    (root / "red fox").rename(root / "empty\nclass\x1b[2J")
+    (root / "empty\nclass\x1b[2J" / "0.png").unlink()
+    result = synthshot("data", "split", config)
+    assert result.returncode == 2 and "holds no images" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "\x1b" not in result.stderr, result.stderr
+
+
 def config_file(tmp_path, kit, out):
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(
@@ -104,7 +166,7 @@ def test_kill_and_rerun_gives_the_uninterrupted_result(tmp_path, tiny_kit):
     assert got.keys() == want.keys()
     # Same batch size and machine: the same bytes (float tolerance would only matter across batch sizes).
     assert got == want
-    leftovers = [p for p in killed.rglob(".tmp-*")]
+    leftovers = [p for p in killed.rglob(".synthshot-tmp-*")]
     assert leftovers == []
 
 

@@ -15,7 +15,7 @@ from synthshot.datasets.prepare import prepare_dataset
 from synthshot.datasets.registry import ExtractRule, FileSpec
 from synthshot.errors import DataError
 
-FAST = HttpOptions(timeout=10, retries=2, backoff=0.01, progress=False)
+FAST = HttpOptions(timeout=10, retries=2, backoff=0.01, progress=False, offline=False)  # conftest sets HF_HUB_OFFLINE; this is loopback
 DATA = bytes(range(256)) * 1200  # 300 kB, several 1 MiB-chunk boundaries are not needed
 
 

@@ -27,7 +27,7 @@ from synthshot.datasets.registry import ExtractRule
 from synthshot.errors import DataError
 
 EVERYTHING = (ExtractRule("", ""),)
-FAST = HttpOptions(timeout=10, retries=1, backoff=0.01, progress=False)
+FAST = HttpOptions(timeout=10, retries=1, backoff=0.01, progress=False, offline=False)  # conftest sets HF_HUB_OFFLINE; this is loopback
 
 
 def tar_with(kind: str) -> bytes:

@@ -19,7 +19,7 @@ from synthshot.datasets.prepare import (
 )
 from synthshot.datasets.verify import verify_dataset
 
-FAST = HttpOptions(timeout=10, retries=2, backoff=0.01, progress=False)
+FAST = HttpOptions(timeout=10, retries=2, backoff=0.01, progress=False, offline=False)  # conftest sets HF_HUB_OFFLINE; this is loopback
 
 # What the peers' code (CoOp, Tip-Adapter, DataDream, Cub2011 loaders) reads, per dataset folder.
 PEER_LAYOUT = {

@@ -29,7 +29,7 @@ from synthshot.datasets.prepare import ManualDownloadRequired, prepare_dataset
 from synthshot.datasets.verify import verify_dataset
 from synthshot.errors import DataError
 
-FAST = HttpOptions(timeout=10, retries=1, backoff=0.01, progress=False)
+FAST = HttpOptions(timeout=10, retries=1, backoff=0.01, progress=False, offline=False)  # conftest sets HF_HUB_OFFLINE; this is loopback
 DTD_SPLIT = "split_zhou_DescribableTextures.json"
 
 
@@ -156,6 +156,21 @@ def test_repackaged_stanford_cars_is_located(tmp_path, server):
                                registry_dir=registry, http=FAST, echo=lines.append)
     assert official.counts["test"] == 6 and (root / "stanford_cars" / "devkit" / "cars_meta.mat").is_file()
     assert not (root / ".cache" / "stanford_cars" / "unpacked").exists()
+
+
+def test_user_folder_named_like_prepares_scratch_is_left_alone(tmp_path, server):
+    registry = tmp_path / "registry"
+    write_registry(registry, {"stanford_cars": entry_for("stanford_cars", server.base)})
+    archive = tmp_path / "archive.zip"
+    archive.write_bytes(kaggle_zip())
+    root = tmp_path / "data"
+    mine = root / ".cache" / "stanford_cars" / "unpacked" / "archive" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    result = prepare_dataset("stanford_cars", root, from_archives=[archive], registry_dir=registry, http=FAST,
+                             echo=quiet)
+    assert result.status == "prepared" and mine.read_text() == "mine"
+    assert not list((root / ".cache" / "stanford_cars").glob(".synthshot-unpack-*"))  # our scratch is gone
 
 
 def test_extracted_copy_is_linked_and_an_incomplete_one_refused(tmp_path, server):

@@ -228,6 +228,21 @@ def test_resume_refuses_a_checkpoint_of_other_lora_settings_or_another_model(tmp
         finetune(changed, resume=True, echo=quiet, progress=False)
 
 
+@pytest.mark.parametrize("damaged", [ADAPTER_WEIGHTS, "optimizer.safetensors"])
+def test_a_damaged_or_pickled_checkpoint_file_is_a_one_line_error_on_resume(tmp_path, tiny_kit, damaged):
+    """Garbage or a pickle where a safetensors file belongs: named, never unpickled, no traceback."""
+    import pickle
+
+    config = prepared(tmp_path, tiny_kit, "finetune.epochs=1", "finetune.steps_per_epoch=1")
+    finetune(config, echo=quiet, progress=False)
+    checkpoint = config.output_dir / FINETUNE_DIR / CHECKPOINTS / "epoch_1"
+    for payload in (b"\x00garbage" * 10, pickle.dumps({"w": torch.zeros(2)})):
+        (checkpoint / damaged).write_bytes(payload)
+        with pytest.raises(SynthshotError, match=rf"{damaged}' is not a valid safetensors file") as info:
+            finetune(config, resume=True, echo=quiet, progress=False)
+        assert "\n" not in str(info.value)
+
+
 def test_synthetic_classes_must_match_the_real_split(tmp_path, tiny_kit):
     config = prepared(tmp_path, tiny_kit, extra_classes=["hexagon"])
     with pytest.raises(DataError, match=r"class\(es\) that the classifier does not know: 'hexagon'"):

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthshot.errors import SynthshotError
+from synthshot.errors import DataError, SynthshotError
 from synthshot.generation import runner
 from synthshot.generation.items import WorkItem, item_noise_seed, plan_items, shard_items
 from synthshot.generation.runner import MANIFEST, reconcile, run_generation
-from synthshot.io import read_jsonl
+from synthshot.io import TEMP_PREFIX, read_jsonl
 
 EXTRA = {"steps": 50, "scheduler": "dpm", "scales": {"w_text": 7.5, "w_pos": 6.0, "w_neg": 6.0}, "mode": "dual"}
 
@@ -191,31 +191,88 @@ def test_corrupt_manifest_line_is_reported_and_regenerated(tmp_path, caplog):
     lines[1] = '{"id": "cat-0000\x00 garbage\n'
     manifest.write_text("".join(lines))
 
-    render = CountingRenderer()
     with caplog.at_level(logging.WARNING, logger="synthshot.generation.runner"):
-        report = run(items, out, render=render)
+        report = reconcile(out)
     assert "manifest.jsonl line 2 is corrupt: the item will be regenerated" in caplog.text
-    assert report.reconcile.corrupt_lines == [2] and report.reconcile.rewritten
+    assert report.corrupt_lines == [2] and report.rewritten
+    # Its image is no longer recorded, so it is not provably synthshot's: it is kept and named.
+    stray = next(p for p in (out / "synthetic").rglob(f"{lost}.png"))
+    assert report.foreign == [stray.relative_to(out).as_posix()]
+    with pytest.raises(DataError, match="move it away"):
+        run(items, out)
+    stray.unlink()
+    render = CountingRenderer()
+    report = run(items, out, render=render)
     assert render.rendered == [lost] and report.done == [lost]
     assert snapshot(out) == _reference(tmp_path, items)
 
 
-def test_orphan_image_is_deleted_and_regenerated(tmp_path):
+def test_an_image_without_a_record_is_left_alone_and_never_written_over(tmp_path, caplog):
+    """An image no record names is not synthshot's (its own writes record before the rename): it
+    stays, is named, and the item whose file it occupies stops with a one-line error."""
     out = tmp_path / "out"
     items = make_items()
     run(items, out)
     manifest = out / MANIFEST
     lines = manifest.read_text().splitlines(keepends=True)
-    manifest.write_text("".join(lines[:-1]))  # a kill between the image rename and the manifest append
-    orphan = json.loads(lines[-1])
+    manifest.write_text("".join(lines[:-1]))
+    stranger = json.loads(lines[-1])
+    before = (out / stranger["file"]).read_bytes()
 
-    report = reconcile(out)
-    assert report.orphans == [orphan["file"]] and not report.rewritten
-    assert not (out / orphan["file"]).exists()
+    with caplog.at_level(logging.WARNING, logger="synthshot.generation.runner"):
+        report = reconcile(out)
+    assert report.foreign == [stranger["file"]] and "left alone" in caplog.text
+    with pytest.raises(DataError, match=r"already exists but no manifest record .*names it.*move it away") as info:
+        run(items, out)
+    assert "\n" not in str(info.value)
+    assert (out / stranger["file"]).read_bytes() == before
+    (out / stranger["file"]).unlink()  # the user moves it away
     render = CountingRenderer()
     run(items, out, render=render)
-    assert render.rendered == [orphan["id"]]
+    assert render.rendered == [stranger["id"]]
     assert snapshot(out) == _reference(tmp_path, items)
+
+
+def test_users_files_in_the_output_folder_survive(tmp_path):
+    """The user's own images under synthetic/ and their own `.tmp-*` files anywhere are kept."""
+    out = tmp_path / "out"
+    items = make_items()
+    theirs = {
+        out / "synthetic" / "cat" / "my_cat.png": b"my own cat",
+        out / "synthetic" / "holiday" / "beach.jpg": b"a beach",
+        out / "synthetic" / "cat" / ".tmp-draft.png": b"my draft",
+        out / ".tmp-notes.txt": b"notes",
+        out / "deep" / "er" / ".tmp-x.png": b"x",
+        out / "synthetic" / "cat" / "sub" / ".synthshot-tmp-not-ours-here.png": b"y",
+    }
+    for path, data in theirs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    report = run(items, out)
+    assert len(report.done) == len(items)
+    assert report.reconcile.foreign == [
+        "synthetic/cat/.tmp-draft.png", "synthetic/cat/my_cat.png", "synthetic/cat/sub", "synthetic/holiday/beach.jpg"]
+    run(items, out)
+    for path, data in theirs.items():
+        assert path.read_bytes() == data, path
+
+
+def test_a_record_naming_another_items_file_is_not_that_item(tmp_path):
+    out = tmp_path / "out"
+    items = make_items()
+    run(items, out)
+    manifest = out / MANIFEST
+    records, _ = read_jsonl(manifest)
+    (out / records[1]["file"]).unlink()
+    records[1]["file"] = records[0]["file"]  # points at its neighbour's image
+    records[2]["file"] = "../elsewhere.png"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    report = reconcile(out)
+    assert records[1]["id"] not in report.finished and records[2]["id"] not in report.finished
+    assert report.invalid_records == 2 and report.rewritten
+    # The neighbour's image stays its own; the file of record 2 is its own item's and is not foreign.
+    assert report.foreign == [f"synthetic/{records[2]['class_slug']}/{records[2]['id']}.png"]
 
 
 def test_partial_last_manifest_line_is_regenerated(tmp_path):
@@ -224,7 +281,9 @@ def test_partial_last_manifest_line_is_regenerated(tmp_path):
     run(items, out)
     manifest = out / MANIFEST
     data = manifest.read_bytes()
-    manifest.write_bytes(data[:-10])  # killed in the middle of the last append
+    last = json.loads(data.splitlines()[-1])
+    manifest.write_bytes(data[:-10])  # killed in the middle of the last append,
+    (out / last["file"]).unlink()  # so before its image was renamed into place
     render = CountingRenderer()
     run(items, out, render=render)
     assert render.rendered == [items[-1].id]
@@ -255,7 +314,7 @@ def test_missing_file_and_duplicate_records(tmp_path):
 def test_stale_temporary_is_removed(tmp_path):
     items = make_items()
     run(items, tmp_path)
-    stale = tmp_path / "synthetic" / "cat" / ".tmp-abc123.png"
+    stale = tmp_path / "synthetic" / "cat" / f"{TEMP_PREFIX}abc123.png"
     stale.write_bytes(b"half an image")
     render = CountingRenderer()
     report = run(items, tmp_path, render=render)
@@ -270,23 +329,24 @@ def test_reconcile_of_a_missing_folder_is_empty(tmp_path):
 def test_disk_full_while_writing_an_image(tmp_path, monkeypatch):
     out = tmp_path / "out"
     items = make_items()
-    real_replace = os.replace
+    real_save = Image.Image.save
     calls = {"n": 0}
 
-    def replace(src, dst):
+    def save(self, fp, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] > 4:
+            fp.write(b"half an image")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_replace(src, dst)
+        return real_save(self, fp, *args, **kwargs)
 
-    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Image.Image, "save", save)
     with pytest.raises(SynthshotError, match=f"the disk at {re.escape(str(out))} is full .*rerun"):
         run(items, out)
     monkeypatch.undo()
 
     written = snapshot(out)  # also checks: no temporary, no orphan, manifest valid
     assert set(written) == {item.id for item in items[:4]}
-    assert not list(out.rglob(".tmp-*"))
+    assert not list(out.rglob(f"{TEMP_PREFIX}*"))
     render = CountingRenderer()
     run(items, out, render=render)
     assert render.rendered == [item.id for item in items[4:]]
@@ -374,7 +434,7 @@ def test_resume_after_a_real_kill(tmp_path):
     report = run(items, out, render=render, batch_size=4)
     assert report.failed == {} and len(report.skipped) + len(report.done) == len(items)
     assert len(render.rendered) == len(items) - len(report.skipped)
-    assert not list(out.rglob(".tmp-*"))
+    assert not list(out.rglob(f"{TEMP_PREFIX}*"))
     assert snapshot(out) == _reference(tmp_path, items)
 
 
@@ -403,6 +463,6 @@ def test_processes_append_to_their_own_manifests_and_reconcile_merges_them(tmp_p
     assert set(finished_records(out)) == {item.id for item in items}
 
     merged = reconcile(out)
-    assert merged.rewritten and merged.orphans == []
+    assert merged.rewritten and merged.foreign == []
     assert not list(out.glob("manifest.rank*.jsonl"))
     assert snapshot(out) == _reference(tmp_path, items)

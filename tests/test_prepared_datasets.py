@@ -29,7 +29,6 @@ from typer.testing import CliRunner
 from synthshot.experiment import Experiment
 from synthshot.config import load_config
 from synthshot.data.coop import load_coop_split
-from synthshot.data.labelled import load_labelled_images
 from synthshot.data.registry import get_dataset
 from synthshot.datasets.prepare import dataset_folder, dataset_split_file
 from synthshot.datasets.registry import dataset_names

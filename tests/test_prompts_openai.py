@@ -1,21 +1,25 @@
 """The `openai` prompts backend against a real HTTP server on loopback that speaks the OpenAI
 chat-completions protocol: good answers, failures (500, timeout, malformed JSON, 401, 404,
-unreachable), prose, too few prompts, the cache, and the API key kept out of every file."""
+unreachable, redirects), prose, too few prompts, the cache, and the API key: sent to the endpoint
+only, kept out of every file and message, and never accepted in place of its variable's name."""
 
 from __future__ import annotations
 
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from synthshot.config import PromptsConfig
+from synthshot.config import PromptsConfig, load_config
 from synthshot.errors import ConfigError, ModelError
 from synthshot.prompts import PROMPTS_FILE, load_prompts, write_class_prompts
+from synthshot.prompts.backends import make_backend
 from synthshot.prompts.openai_chat import OpenAIChatBackend, chat_url
 
 KEY_ENV = "SYNTHSHOT_TEST_LLM_KEY"
@@ -379,3 +383,200 @@ def test_chat_url_and_repr():
     assert chat_url("https://host/v1/chat/completions") == "https://host/v1/chat/completions"
     backend = OpenAIChatBackend("http://localhost:8000/v1", "m", api_key=SECRET)
     assert SECRET not in repr(backend) and SECRET not in str(vars(backend).get("describe"))
+
+
+# --- The key goes only to the endpoint, and never into a file, a message or the config ---------------
+
+
+class RecordingServer(ThreadingHTTPServer):
+    """Loopback server answering every request with one status, headers and body, recording each."""
+
+    daemon_threads = True
+
+    def __init__(self, code: int = 200, headers: dict | None = None, payload: bytes = b""):
+        super().__init__(("127.0.0.1", 0), RecordingHandler)
+        self.code, self.reply_headers, self.payload = code, headers or {}, payload
+        self.requests: list[dict] = []
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class RecordingHandler(BaseHTTPRequestHandler):
+    def _reply(self):
+        server: RecordingServer = self.server
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        record = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+        server.requests.append(record)
+        self.send_response(server.code)
+        for name, value in server.reply_headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(server.payload)))
+        self.end_headers()
+        self.wfile.write(server.payload)
+
+    do_GET = do_POST = do_PUT = do_HEAD = _reply
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve():
+    started = []
+
+    def start(httpd):
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        started.append(httpd)
+        return httpd
+
+    yield start
+    for httpd in started:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_and_the_key_goes_nowhere_else(serve, api_key, tmp_path, code):
+    # Another port is another origin: the server redirected to must never see the request.
+    answer_body = chat_body("\n".join(described("cat", 0, 4)))
+    target = serve(RecordingServer(200, {"Content-Type": "application/json"}, answer_body))
+    location = f"{target.origin}/v1/chat/completions?from=redirect"
+    endpoint = serve(RecordingServer(code, {"Location": location}))
+    settings = settings_for(f"{endpoint.origin}/v1")
+    try:
+        run(settings, {"cat": "cat"}, tmp_path)
+        message = None
+    except ModelError as exc:
+        message = str(exc)
+    assert [r["headers"].get("Authorization") for r in target.requests] == []
+    assert target.requests == []
+    assert message is not None and len(endpoint.requests) == 1  # refused at once, not retried
+    assert f"{endpoint.origin}/v1/chat/completions redirected the request (HTTP {code}) to {location}:" in message
+    assert "prompts.base_url" in message and "\n" not in message and SECRET not in message
+    assert not any(SECRET.encode() in p.read_bytes() for p in files_under(tmp_path))
+
+
+def test_a_relative_redirect_is_not_followed_either(serve, api_key, tmp_path):
+    endpoint = serve(RecordingServer(302, {"Location": "/v2/chat/completions"}))
+    with pytest.raises(ModelError, match=r"redirected the request \(HTTP 302\) to http://127\.0\.0\.1:\d+/v2/chat/"):
+        run(settings_for(f"{endpoint.origin}/v1"), {"cat": "cat"}, tmp_path)
+    assert len(endpoint.requests) == 1
+
+
+def test_a_key_echoed_in_an_answer_is_in_no_file_and_no_message(server, api_key, tmp_path):
+    lines = described("cat", 0, 4)
+    lines[1] = f"cat, which wears a collar tag that reads {SECRET} seen from the side"
+    server.script = [answer("\n".join(lines) + f"\nYour API key is {SECRET}.")]
+    prompts, _, echoed = run(settings_for(server.url), {"cat": "cat"}, tmp_path / "prompts")
+    assert [p for i, p in enumerate(prompts["cat"]) if i != 1] == [lines[0], lines[2], lines[3]]
+    assert not any(SECRET in line for line in echoed)
+    for path in files_under(tmp_path):  # prompts.json and the cache
+        assert SECRET.encode() not in path.read_bytes(), path
+    # An answer that is only the key, until the budget runs out: the error quotes it masked.
+    server.default = answer(f"dog, I cannot help with that; your key is {SECRET}")
+    with pytest.raises(ModelError) as error:
+        run(settings_for(server.url, min_chars=200), {"dog": "dog"}, tmp_path / "prompts")
+    assert SECRET not in str(error.value) and "***" in str(error.value)
+    written = files_under(tmp_path)
+    assert len(written) >= 3  # prompts.json and a cache file per class
+    for path in written:
+        assert SECRET.encode() not in path.read_bytes(), path
+
+
+LOOKS_LIKE_KEYS = [
+    SECRET,
+    f"  {SECRET}\n",
+    f"Bearer {SECRET}",
+    "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",  # the shape of a variable name, but a token
+    "gsk_0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b",
+]
+
+
+@pytest.mark.parametrize("value", LOOKS_LIKE_KEYS, ids=["sk", "padded", "bearer", "hf-token", "long-token"])
+def test_a_key_pasted_into_api_key_env_is_refused_without_showing_it(value):
+    for make in (
+        lambda: PromptsConfig(api_key_env=value),
+        lambda: setattr(PromptsConfig(), "api_key_env", value),
+        lambda: load_config(None, [f"prompts.api_key_env={value}"]),
+    ):
+        with pytest.raises(ConfigError) as error:
+            make()
+        message = str(error.value)
+        assert "prompts.api_key_env" in message and "looks like a key" in message
+        assert "environment variable" in message and "\n" not in message
+        assert value.strip() not in message and value.split()[-1] not in message
+
+
+def test_a_key_pasted_into_api_key_env_stops_the_cli_before_anything_is_written(server, tmp_path):
+    out = tmp_path / "out"
+    sets = {
+        "output_dir": out,
+        "data.demo.classes": 2,
+        "data.shots": 2,
+        "prompts.backend": "openai",
+        "prompts.model": "test-model",
+        "prompts.base_url": server.url,
+        "prompts.per_class": 2,
+        "prompts.api_key_env": SECRET,
+    }
+    args = [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
+    result = subprocess.run(
+        [sys.executable, "-m", "synthshot.cli", "prompts", *args, "--offline"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "looks like a key" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert SECRET not in result.stdout + result.stderr
+    assert server.requests == []
+    assert not out.exists() or files_under(out) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [("OPENAI_API_KEY", "OPENAI_API_KEY"), (" MY_KEY ", "MY_KEY"), ("my_key_2", "my_key_2"), ("", None), (None, None)],
+)
+def test_api_key_env_takes_a_variable_name_or_nothing(value, name):
+    assert PromptsConfig(api_key_env=value).api_key_env == name
+
+
+@pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
+def test_a_named_variable_that_is_not_set_fails_for_a_remote_endpoint(monkeypatch, tmp_path, value):
+    if value is None:
+        monkeypatch.delenv(KEY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(KEY_ENV, value)
+    settings = settings_for("http://192.0.2.1/v1", max_retries=0)  # not loopback; never reached
+    with pytest.raises(ConfigError) as error:
+        run(settings, {"cat": "cat"}, tmp_path)
+    message = str(error.value)
+    assert f"the environment variable {KEY_ENV}" in message and "is not set" in message
+    assert "prompts.api_key_env: null" in message and "\n" not in message
+    assert files_under(tmp_path) == []
+
+
+def test_no_key_asked_for_sends_none_anywhere(server, monkeypatch, api_key, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    run(settings_for(server.url, api_key_env=None), {"cat": "cat"}, tmp_path)
+    assert "Authorization" not in server.requests[0]["headers"]
+    remote = make_backend(settings_for("https://llm.example.com/v1", api_key_env=""))  # no error: no key wanted
+    assert remote.url == "https://llm.example.com/v1/chat/completions"
+
+
+def test_a_key_with_a_trailing_newline_is_sent_without_it(server, monkeypatch, tmp_path):
+    monkeypatch.setenv(KEY_ENV, SECRET + "\n")
+    run(settings_for(server.url), {"cat": "cat"}, tmp_path)
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+
+
+def test_a_key_that_cannot_be_a_header_fails_clearly(server, monkeypatch, tmp_path):
+    monkeypatch.setenv(KEY_ENV, SECRET + "\nX-Injected: 1")
+    with pytest.raises(ConfigError) as error:
+        run(settings_for(server.url), {"cat": "cat"}, tmp_path)
+    message = str(error.value)
+    assert f"the environment variable {KEY_ENV}" in message and SECRET not in message and "\n" not in message
+    assert server.requests == []

@@ -211,9 +211,21 @@ def version() -> None:
     typer.echo(__version__)
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Log messages with control characters escaped: a class name or path with a newline or an
+    escape sequence can neither split a message nor drive the terminal (tracebacks keep theirs)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        from synthshot.io import one_line
+
+        return one_line(super().formatMessage(record))
+
+
 def _quiet_libraries() -> None:
     """Our own messages at INFO; the model libraries' chatter (progress bars, deprecation notes) off."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -229,7 +241,9 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except SynthshotError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from synthshot.io import one_line
+
+        typer.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume; finished work is kept", err=True)

@@ -159,7 +159,9 @@ class PromptsConfig(Section):
     model: str | None = Field(None, description="LLM: the endpoint's model name (openai) or a hub id / folder (transformers).")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
     api_key_env: str | None = Field(
-        "OPENAI_API_KEY", description="Name of the environment variable holding the API key (never the key itself)."
+        "OPENAI_API_KEY",
+        description="Name of the environment variable holding the API key (never the key itself); null: send no "
+        "key. Unset, it is an error unless the endpoint is on localhost (then no key is sent).",
     )
     temperature: float = Field(0.8, ge=0)
     max_new_tokens: int = Field(512, ge=16)
@@ -169,6 +171,13 @@ class PromptsConfig(Section):
     min_chars: int = Field(12, ge=1)
     max_chars: int = Field(300, ge=20)
     cache_dir: Path | None = Field(None, description="Response cache; default: <output_dir>/prompts/cache.")
+
+    @field_validator("api_key_env", mode="before")
+    @classmethod
+    def _api_key_env_is_a_name(cls, value):
+        from synthshot.prompts.backends import check_api_key_env  # its ConfigError never shows the value
+
+        return check_api_key_env(value)
 
 
 class EvalDataConfig(Section):
@@ -329,6 +338,13 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} does not exist")
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): "
+            "save it with UTF-8 encoding"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path!r} cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -349,9 +365,11 @@ def list_presets() -> list[str]:
 
 
 def preset_path(name: str) -> Path:
+    """The file of a preset shipped with synthshot; only those names are accepted (a name is never
+    a path, so it cannot reach outside the presets folder)."""
+    known = list_presets()
     path = PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = list_presets()
+    if name not in known:
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.4)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(f"unknown preset {name!r}: {hint}known presets: {', '.join(known)}")

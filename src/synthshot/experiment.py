@@ -128,6 +128,14 @@ class Experiment:
         self.config = config
         self.layout = Layout(out=config.output_dir, synthetic=config.synthetic_dir)
 
+    def claim_output(self) -> Path:
+        """Make the output folder synthshot's before the first write into it: a new or empty folder
+        gets the `.synthshot/` marker, a folder with it is accepted, and any other folder (someone
+        else's files) is refused with a one-line error, so nothing of theirs is ever written over."""
+        from synthshot.io import claim_folder
+
+        return claim_folder(self.layout.out, "output folder (output_dir)")
+
     # ------------------------------------------------------------------------------ models
     @functools.cached_property
     def hub(self):
@@ -155,6 +163,7 @@ class Experiment:
         if data.demo is not None:
             from synthshot.data.demo import make_demo_dataset
 
+            self.claim_output()
             root = self.layout.out / "demo-data"
             demo = data.demo
             make_demo_dataset(root, classes=demo.classes, images_per_class=demo.images_per_class, size=demo.size,

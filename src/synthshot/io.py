@@ -2,8 +2,12 @@
 
 Writes go to a temporary file in the destination folder, are flushed to disk, then renamed over
 the destination (an atomic step on POSIX and Windows). A kill at any moment therefore leaves
-either the old file or the new one, plus at worst a stray `.tmp-*` file that readers ignore and
-`remove_stale_temporaries` cleans up.
+either the old file or the new one, plus at worst a stray `.synthshot-tmp-*` file that readers
+ignore and `remove_stale_temporaries` cleans up.
+
+synthshot deletes, moves or overwrites only what it wrote and recorded: files with its own
+temporary prefix, items in its manifests, and folders that carry its marker (`claim_folder`).
+Anything else in its way is left alone and named in a one-line error.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any, BinaryIO
 
 from synthshot.errors import DataError
 
-TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = ".synthshot-tmp-"
+MARKER = ".synthshot"  # the folder that marks a folder as synthshot's own
 
 
 @contextlib.contextmanager
@@ -63,14 +68,84 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete `.tmp-*` files left in `folder` (recursively) by a killed writer; return how many."""
+def remove_stale_temporaries(*folders: str | os.PathLike) -> int:
+    """Delete the `.synthshot-tmp-*` files a killed writer left directly in `folders` (not in
+    their subfolders: only where synthshot writes); return how many."""
     removed = 0
-    for tmp in Path(folder).rglob(f"{TEMP_PREFIX}*"):
-        if tmp.is_file():
-            tmp.unlink()
-            removed += 1
+    for folder in folders:
+        for tmp in Path(folder).glob(f"{TEMP_PREFIX}*"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink()
+                removed += 1
     return removed
+
+
+def claim_folder(folder: str | os.PathLike, what: str, *, legacy: tuple[str, ...] = ()) -> Path:
+    """Make `folder` synthshot's before writing into it, or refuse.
+
+    A missing or empty folder is created with the marker folder (`.synthshot/`); a folder that
+    has the marker (or one of the `legacy` files that earlier versions left as their mark) is
+    accepted; any other folder holds someone else's files and is refused with an error naming it
+    and one of those files, so that nothing of theirs is ever overwritten or deleted.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"the {what} {quote(folder)} is a file, not a folder: choose another path")
+    marker = folder / MARKER
+    if marker.is_dir() or any((folder / name).exists() for name in legacy):
+        marker.mkdir(exist_ok=True)
+        return folder
+    entries = sorted(folder.iterdir()) if folder.exists() else []
+    if entries:
+        raise DataError(
+            f"the {what} {quote(folder)} already holds files synthshot did not write (e.g. {quote(entries[0].name)}): "
+            "synthshot never writes over them; choose a new or empty folder"
+        )
+    marker.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def is_claimed(folder: str | os.PathLike) -> bool:
+    """Whether `folder` carries synthshot's marker."""
+    return (Path(folder) / MARKER).is_dir()
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def quote(value: Any) -> str:
+    """A name or path as it goes into a one-line message: quoted, with control characters
+    (newlines, escape sequences) shown escaped so they can neither split the line nor drive the
+    terminal."""
+    return repr(str(value))
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character escaped (a message printed on one terminal line)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def parse_json(text: str | bytes):
+    """`json.loads` for files synthshot reads back: JSON nested too deeply for Python is a
+    `json.JSONDecodeError` like any other bad JSON, never a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0) from None
+
+
+def load_safetensors(path: str | os.PathLike, remedy: str) -> dict:
+    """The tensors of a safetensors file; a missing, damaged or foreign file (a pickle renamed, a
+    truncated download) is a DataError naming it and saying `remedy`. Nothing is ever unpickled."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise DataError(f"{quote(path)} does not exist: {remedy}") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise DataError(f"{quote(path)} is not a valid safetensors file ({exc}): {remedy}") from None
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
@@ -106,7 +181,7 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
             if not raw.strip():
                 continue
             try:
-                record = json.loads(raw.decode("utf-8"))
+                record = parse_json(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError):
                 corrupt.append(number)
                 continue
@@ -120,11 +195,15 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
 _UNSAFE = re.compile(r"[^a-z0-9._-]+")
 
 
+SLUG_MAX = 100  # characters; file names built from a slug stay far below the usual 255-byte limit
+
+
 def slugify(name: str) -> str:
     """Turn a class name into a folder-safe slug: lower-case ASCII letters, digits, `.`, `_`, `-`.
 
     Separators (`/`, `\\`), `..`, control characters and anything else become `_`, so a slug can
-    never point outside the folder it is joined to.
+    never point outside the folder it is joined to. A slug longer than `SLUG_MAX` keeps its start
+    and ends with a hash of the whole name, so long names that share a start stay distinct.
     """
     if not isinstance(name, str) or not name.strip():
         raise DataError(f"class name {name!r} is empty: give every class a non-empty name")
@@ -134,6 +213,11 @@ def slugify(name: str) -> str:
     if not slug:
         # Names with no ASCII letters at all (e.g. only CJK characters) still need a stable slug.
         slug = "class_" + name.encode("utf-8").hex()[:16]
+    if len(slug) > SLUG_MAX:
+        import hashlib
+
+        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
+        slug = slug[: SLUG_MAX - len(digest) - 1].rstrip("._-") + "-" + digest
     return slug
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from synthshot import __version__
 from synthshot.errors import DataError
-from synthshot.io import atomic_write_json
+from synthshot.io import atomic_write_json, parse_json
 
 RESULTS_FILE = "results.json"
 
@@ -80,7 +80,7 @@ def write_results(path: str | Path, results: dict) -> Path:
 def read_results(path: str | Path) -> dict:
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"results file {path} does not exist") from None
     except json.JSONDecodeError as exc:

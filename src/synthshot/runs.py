@@ -27,7 +27,7 @@ from typing import Any
 from synthshot.config import RunConfig, apply_override, validate_config, write_resolved_config
 from synthshot.errors import ConfigError, SynthshotError
 from synthshot.experiment import STATE_FILE, Experiment, synthetic_set_name
-from synthshot.io import atomic_write_json, json_digest, slugify
+from synthshot.io import MARKER, atomic_write_json, atomic_write_text, claim_folder, is_claimed, json_digest, parse_json, slugify
 
 SHARED = "shared"
 
@@ -70,7 +70,7 @@ def stage_fingerprints(exp: Experiment) -> dict[str, str]:
 # ---------------------------------------------------------------------------------- state
 def read_state(out: Path) -> dict[str, dict]:
     try:
-        state = json.loads((Path(out) / STATE_FILE).read_text(encoding="utf-8"))
+        state = parse_json((Path(out) / STATE_FILE).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
     return state if isinstance(state, dict) else {}
@@ -101,7 +101,7 @@ def run_stage(exp: Experiment, name: str, *, echo=print, **options) -> Any:
     from synthshot.stages import STAGES
 
     stage = STAGES[name]
-    exp.layout.out.mkdir(parents=True, exist_ok=True)
+    exp.claim_output()
     _write_state(exp, lambda state: state.pop(name, None))
     started = time.perf_counter()
     result = stage.run(exp, echo=echo, **options)
@@ -119,7 +119,7 @@ def run_stages(config: RunConfig | Experiment, *, force: bool = False, echo=prin
     from synthshot.stages import STAGES
 
     exp = config if isinstance(config, Experiment) else Experiment(config)
-    exp.layout.out.mkdir(parents=True, exist_ok=True)
+    exp.claim_output()
     write_resolved_config(exp.config, exp.layout.out)
     prints = stage_fingerprints(exp)
     ran = []
@@ -209,8 +209,7 @@ def run(config: RunConfig, *, force: bool = False, echo=print) -> list[RunConfig
         return runs
     from synthshot.report.collect import SWEEP_STATUS  # where the report reads the runs' status
 
-    sweep_dir = Path(config.output_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_dir = claim_folder(Path(config.output_dir), "sweep output folder (output_dir)")
     write_resolved_config(config, sweep_dir)
     status: dict[str, dict] = {}
     for index, one in enumerate(runs, 1):
@@ -224,9 +223,9 @@ def run(config: RunConfig, *, force: bool = False, echo=print) -> list[RunConfig
         except Exception as exc:  # a sweep never dies at one run: record it, go on
             message = one_line(exc)
             status[name] = {"status": "failed", "error": message}
-            log = one.output_dir / ".synthshot" / "failure.txt"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+            # In the run's folder when it is synthshot's (a refused folder is never marked).
+            log = (one.output_dir if is_claimed(one.output_dir) else sweep_dir / MARKER / name) / MARKER / "failure.txt"
+            atomic_write_text(log, "".join(traceback.format_exception(exc)))
             echo(f"run {name} failed: {message} (traceback: {log})")
         status[name]["seconds"] = round(time.perf_counter() - started, 3)
         atomic_write_json(sweep_dir / SWEEP_STATUS, {"runs": status})

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from synthshot.errors import DataError
+from synthshot.io import parse_json
 
 PROTOTYPES_FILE = "prototypes.safetensors"
 METHODS = ("prototypes", "text", "combined", "tip_adapter")
@@ -61,7 +62,7 @@ def load_prototypes(folder: str | Path) -> tuple[torch.Tensor, list[str]]:
 
     folder = Path(folder)
     try:
-        info = json.loads((folder / "prototypes.json").read_text(encoding="utf-8"))
+        info = parse_json((folder / "prototypes.json").read_text(encoding="utf-8"))
         tensor = load_file(str(folder / PROTOTYPES_FILE))["prototypes"]
     except (FileNotFoundError, KeyError, json.JSONDecodeError) as exc:
         raise DataError(f"{folder} holds no readable prototypes ({exc}): run `synthshot prototypes`") from None

@@ -50,8 +50,9 @@ from synthshot.classify.text import PromptTokens, encode_class_prompts, image_em
 from synthshot.errors import ConfigError, DataError, SynthshotError
 from synthshot.io import (
     TEMP_PREFIX,
-    append_jsonl,
     atomic_write_text,
+    load_safetensors,
+    parse_json,
     read_jsonl,
 )
 
@@ -434,7 +435,7 @@ def move_aside(out: Path, previous: Path) -> Path | None:
 
 def read_trainer_state(folder: Path) -> dict:
     try:
-        state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
+        state = parse_json((folder / TRAINER_STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise DataError(f"{folder / TRAINER_STATE} cannot be read ({exc}): delete {folder} to resume from the "
                         "checkpoint before it") from None
@@ -467,12 +468,11 @@ def check_resumable(folder: Path, state: dict, settings, fingerprint: dict, num_
 def restore_checkpoint(folder: Path, state: dict, peft_model, optimizer, scheduler, accelerator):
     """Load the adapter weights, optimizer, scheduler and scaler state of a checkpoint; return
     (epochs done, history, optimizer steps done)."""
-    from safetensors.torch import load_file
-
     from synthshot.classify.lora import load_adapter_weights
 
-    load_adapter_weights(peft_model, folder)
-    tensors = load_file(str(folder / OPTIMIZER_STATE))
+    remedy = f"delete {folder} to resume from the checkpoint before it, or run with --restart"
+    load_adapter_weights(peft_model, folder, remedy=remedy)
+    tensors = load_safetensors(folder / OPTIMIZER_STATE, remedy)
     slots: dict[int, dict] = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)

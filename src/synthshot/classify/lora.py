@@ -10,13 +10,12 @@ on) and, on resume, against the LoRA settings; a mismatch is refused with its re
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from synthshot.errors import ModelError
-from synthshot.io import atomic_write_json
+from synthshot.io import atomic_write_json, load_safetensors, parse_json, quote
 
 ADAPTER_INFO = "synthshot_adapter.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -145,7 +144,7 @@ def read_adapter_info(folder: Path) -> dict:
                 "`synthshot finetune` (its adapter/ or a checkpoints/epoch_<n>/ folder)"
             )
     try:
-        info = json.loads((folder / ADAPTER_INFO).read_text(encoding="utf-8"))
+        info = parse_json((folder / ADAPTER_INFO).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder / ADAPTER_INFO} cannot be read ({exc}): the adapter folder is damaged") from None
     if info.get("format") != INFO_FORMAT:
@@ -177,11 +176,15 @@ def check_adapter(folder: Path, model, *, settings: LoraSettings | None = None) 
 
 def _check_shapes(folder: Path, model) -> None:
     """Every saved LoRA matrix names a linear layer of `model` whose sizes it fits."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as handle:
-        # safe_open has keys() but is not iterable.
-        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    path = folder / ADAPTER_WEIGHTS
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            # safe_open has keys() but is not iterable.
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{quote(path)} is not a valid safetensors file ({exc}): train the adapter again") from None
     modules = dict(model.named_modules())
     for key, shape in shapes.items():
         match = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", key)
@@ -199,12 +202,11 @@ def _check_shapes(folder: Path, model) -> None:
                              f"size {expected}: use the CLIP model the adapter was trained on")
 
 
-def load_adapter_weights(peft_model, folder: Path) -> None:
+def load_adapter_weights(peft_model, folder: Path, remedy: str = "train the adapter again") -> None:
     """Put the LoRA weights saved in `folder` into a peft model of the same settings."""
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    result = set_peft_model_state_dict(peft_model, load_file(str(Path(folder) / ADAPTER_WEIGHTS)))
+    result = set_peft_model_state_dict(peft_model, load_safetensors(Path(folder) / ADAPTER_WEIGHTS, remedy))
     missing = [key for key in getattr(result, "missing_keys", []) if "lora_" in key]
     if missing:
         raise ModelError(f"{folder} lacks {len(missing)} LoRA matrices of the model, e.g. {missing[0]}")

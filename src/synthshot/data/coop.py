@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synthshot.errors import DataError
+from synthshot.io import parse_json
 
 SPLITS = ("train", "val", "test")
 
@@ -66,7 +67,7 @@ def load_coop_split(path: str | Path, image_root: str | Path | None = None) -> C
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"split file {path} does not exist") from None
     except json.JSONDecodeError as exc:

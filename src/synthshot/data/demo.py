@@ -8,7 +8,6 @@ bytes, and a class's images do not change when the number of classes does.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from io import BytesIO
@@ -19,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from synthshot.data.folders import is_hidden
 from synthshot.errors import DataError
-from synthshot.io import atomic_write_bytes, atomic_write_json
+from synthshot.io import atomic_write_bytes, atomic_write_json, parse_json
 
 SUPERSAMPLE = 4  # draw large, then shrink: smooth edges without PIL's (absent) anti-aliasing
 MAX_ROTATION = 15.0  # degrees
@@ -119,7 +118,7 @@ def demo_layout(root: Path, classes: int, images_per_class: int) -> dict[str, li
 
 def _read_marker(root: Path) -> dict | None:
     try:
-        return json.loads((root / MARKER).read_text(encoding="utf-8"))
+        return parse_json((root / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # absent or damaged: the images are simply drawn again
 

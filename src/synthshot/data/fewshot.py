@@ -17,7 +17,7 @@ from pathlib import Path
 
 from synthshot.data.folders import is_readable
 from synthshot.errors import DataError
-from synthshot.io import atomic_write_json, relative_to_root, slugify, unique_slugs
+from synthshot.io import atomic_write_json, parse_json, relative_to_root, slugify, unique_slugs
 
 logger = logging.getLogger("synthshot.data")
 
@@ -160,7 +160,7 @@ def _read_split_json(path: Path) -> tuple[str | None, dict[str, list[str]]]:
     if not path.is_file():
         raise DataError(f"split file {path} does not exist: check the path, or make the split again")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"split file {path} is not valid JSON ({exc}): fix it or make the split again") from None
     return _check_structure(path, data)

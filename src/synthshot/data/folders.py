@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from synthshot.errors import DataError
+from synthshot.io import quote
 
 logger = logging.getLogger("synthshot.data")
 
@@ -45,20 +46,20 @@ def scan_image_folder(root: Path) -> dict[str, list[Path]]:
     """
     root = Path(root)
     if not root.exists():
-        raise DataError(f"image folder {root} does not exist: check data.root")
+        raise DataError(f"image folder {quote(root)} does not exist: check data.root")
     if not root.is_dir():
         raise DataError(
-            f"image folder {root} is not a folder: set data.root to the folder holding <class>/<image> files"
+            f"image folder {quote(root)} is not a folder: set data.root to the folder holding <class>/<image> files"
         )
     class_dirs = _visible_dirs(root)
     if not class_dirs:
-        raise DataError(f"image folder {root} has no class folders: put each class's images in root/<class>/")
+        raise DataError(f"image folder {quote(root)} has no class folders: put each class's images in root/<class>/")
     images: dict[str, list[Path]] = {}
     for class_dir in class_dirs:
         files = sorted((p for p in class_dir.iterdir() if is_image_file(p)), key=lambda p: p.name)
         if not files:
             raise DataError(
-                f"class folder {class_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}): "
+                f"class folder {quote(class_dir)} holds no images ({', '.join(IMAGE_EXTENSIONS)}): "
                 "add images or remove the folder"
             )
         images[class_dir.name] = files
@@ -96,7 +97,7 @@ def resolve_image_root(
     if layout not in LAYOUTS:
         raise DataError(f"data layout {layout!r} is unknown: use one of {', '.join(LAYOUTS)}")
     if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist or is not a folder: check data.root")
+        raise DataError(f"image folder {quote(root)} does not exist or is not a folder: check data.root")
     if layout == "auto":
         layout = detect_layout(root)
     if layout == "imagefolder":
@@ -128,12 +129,17 @@ def load_rgb(path: Path) -> Image.Image:
             image.load()
             return image.convert("RGB")
     except FileNotFoundError:
-        raise DataError(f"image {path} does not exist: check the folder or the split file") from None
+        raise DataError(f"image {quote(path)} does not exist: check the folder or the split file") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            f"{quote(path)} is too large to decode safely ({exc}): shrink it or remove it, "
+            "or set data.skip_corrupt=true to skip such files"
+        ) from None
     # PIL reports damage as OSError (incl. UnidentifiedImageError, "image file is truncated"),
     # SyntaxError (bad PNG chunks), ValueError or EOFError depending on the format.
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(
-            f"{path} is not a readable image (truncated or corrupt: {exc}): remove it, "
+            f"{quote(path)} is not a readable image (truncated or corrupt: {exc}): remove it, "
             "or set data.skip_corrupt=true to skip such files"
         ) from None
 
@@ -146,7 +152,7 @@ def is_readable(path: Path, skip_corrupt: bool) -> bool:
     except DataError:
         if not skip_corrupt:
             raise
-        logger.warning("skipping unreadable image %s (truncated or corrupt; data.skip_corrupt=true)", path)
+        logger.warning("skipping unreadable image %r (truncated, corrupt or too large; data.skip_corrupt=true)", str(path))
         return False
     return True
 

@@ -19,7 +19,6 @@ common re-spellings of both (case, ``_``/``-``/``/``/space, a ``001.``/``001_`` 
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -27,6 +26,7 @@ from importlib import resources
 from typing import Any, Iterable
 
 from synthshot.errors import DataError
+from synthshot.io import parse_json
 
 __all__ = [
     "ClassEntry",
@@ -264,7 +264,7 @@ def _load(name: str) -> DatasetInfo:
     where = f"{_FOLDER}/{name}.json"
     try:
         text = _registry_dir().joinpath(f"{name}.json").read_text(encoding="utf-8")
-        data = json.loads(text)
+        data = parse_json(text)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read registry file {where}: {exc}; reinstall synthshot") from exc
     info = _parse(data, where)

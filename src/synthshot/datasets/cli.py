@@ -47,7 +47,8 @@ def list_datasets(registry: RegistryOpt = None) -> None:
     for r in [header, *rows]:
         typer.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
     typer.echo("* default protocol. Files without a pinned sha256 are checked by md5 or by the split's counts and "
-               "names, and `prepare` prints the sha256 it got.")
+               "names; `prepare` prints the sha256 it got and holds later downloads to it (ROOT/.cache/<name>/"
+               ".synthshot-downloads.json).")
 
 
 @datasets_app.command("prepare")
@@ -72,11 +73,22 @@ def prepare(
     timeout: Annotated[float, typer.Option(help="Seconds without data before a download attempt fails.")] = 60.0,
     retries: Annotated[int, typer.Option(help="Resumed attempts per URL after a dropped connection.")] = 3,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Download nothing (also $HF_HUB_OFFLINE): use ROOT/.cache and --from-archive.")
+    ] = False,
+    max_extract_gb: Annotated[
+        float | None,
+        typer.Option("--max-extract-gb", help="GB one archive may write when extracted (also $SYNTHSHOT_MAX_EXTRACT_BYTES); "
+                     "default: max(1 GB, 10 x the archive's size)."),
+    ] = None,
 ) -> None:
     """Download (or take --from-archive), verify, extract and lay out NAME under ROOT, with its standard split."""
     from synthshot.datasets.download import HttpOptions
     from synthshot.datasets.prepare import prepare_dataset
+    from synthshot.errors import ConfigError
 
+    if max_extract_gb is not None and not 0 < max_extract_gb < float("inf"):
+        raise ConfigError(f"--max-extract-gb {max_extract_gb} is not a positive number of GB: pass e.g. --max-extract-gb 400")
     prepare_dataset(
         name,
         root,
@@ -86,7 +98,8 @@ def prepare(
         imagefolder=imagefolder,
         dry_run=dry_run,
         registry_dir=registry,
-        http=HttpOptions(timeout=timeout, retries=retries, progress=progress),
+        http=HttpOptions(timeout=timeout, retries=retries, progress=progress, offline=True if offline else None),
+        max_extract_bytes=None if max_extract_gb is None else int(max_extract_gb * 1e9),
         echo=typer.echo,
     )
 

@@ -9,19 +9,23 @@ same checksums as the authors' URLs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
+import json
 import os
 import re
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from synthshot import __version__
 from synthshot.datasets.registry import FileSpec
 from synthshot.errors import DataError
+from synthshot.io import quote
 
 CHUNK = 1 << 20
 USER_AGENT = f"synthshot/{__version__} (+https://github.com/synthshot; dataset preparation)"
@@ -52,6 +56,16 @@ class HttpOptions:
     backoff: float = 2.0  # seconds before the first retry, doubled each time
     user_agent: str = USER_AGENT
     progress: bool = True
+    offline: bool | None = None  # never download; None: offline when $HF_HUB_OFFLINE is set (1/true/yes/on)
+
+    @property
+    def is_offline(self) -> bool:
+        from synthshot.models.hub import is_offline
+
+        return self.offline if self.offline is not None else is_offline()
+
+    def offline_reason(self) -> str:
+        return "--offline" if self.offline else "HF_HUB_OFFLINE is set"
 
 
 def candidate_urls(spec: FileSpec, dataset: str, mirrors: list[str]) -> list[str]:
@@ -87,9 +101,12 @@ def check_digests(spec: FileSpec, sha256: str, md5: str, size: int, what: str) -
     if spec.size is not None and size != spec.size:
         raise ChecksumError(f"{what}: size {size} bytes, expected {spec.size} (sha256 {sha256})")
     if spec.sha256 and sha256 != spec.sha256:
-        raise ChecksumError(f"{what}: sha256 mismatch, expected {spec.sha256}, got {sha256}")
+        origin = f" ({spec.pinned_by})" if spec.pinned_by else ""
+        raise ChecksumError(f"{what}: sha256 mismatch, expected {spec.sha256}{origin}, got {sha256}")
     if spec.md5 and md5 != spec.md5:
         raise ChecksumError(f"{what}: md5 mismatch, expected {spec.md5}, got {md5}")
+    if spec.sha256 and spec.pinned_by:
+        return "first-download sha256"
     return "sha256" if spec.sha256 else "md5" if spec.md5 else "unverified"
 
 
@@ -115,6 +132,11 @@ def fetch(spec: FileSpec, dest_dir: Path, urls: list[str], options: HttpOptions 
     part = dest_dir / (spec.filename + ".part")
     if not urls:
         raise DataError(f"{spec.filename} has no download URL: pass your copy with --from-archive")
+    if options.is_offline:
+        raise DataError(
+            f"offline ({options.offline_reason()}): {quote(spec.filename)} is not downloaded; put your copy at "
+            f"{quote(final)} or pass it with --from-archive"
+        )
     failures = []
     for url in urls:
         try:
@@ -247,3 +269,63 @@ def _verify_part(part: Path, final: Path, spec: FileSpec, url: str, sha256: str,
 def _finish(part: Path, final: Path, spec: FileSpec, url: str, size: int) -> Fetched:
     sha256, md5, size = hash_file(part)
     return _verify_part(part, final, spec, url, sha256, md5, size)
+
+
+# -- what synthshot downloaded ------------------------------------------------------------------
+
+RECORD_NAME = ".synthshot-downloads.json"
+
+
+class DownloadRecord:
+    """``<cache>/.synthshot-downloads.json``: each file synthshot downloaded into this folder, with
+    the sha256 it had.
+
+    It says which cached files are synthshot's (only those are deleted when they fail their check;
+    anything else in the cache is the user's and left alone), and it pins the files the registry
+    has no sha256 for on their first download (trust on first use): a later download that differs
+    is refused. Deleting the record (or the file's entry) accepts a new version.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = folder / RECORD_NAME
+        self.entries: dict[str, dict] = {}
+        if self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                data = None
+            if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+                raise DataError(
+                    f"{quote(self.path)} is damaged: delete it (synthshot then treats the cached files as yours and "
+                    "re-pins unpinned files on their next download) and run again"
+                )
+            self.entries = data
+
+    def downloaded(self, filename: str) -> bool:
+        return filename in self.entries
+
+    def pin(self, spec: FileSpec) -> FileSpec:
+        """``spec`` with the sha256 of its first download when the registry pins none."""
+        entry = self.entries.get(spec.filename)
+        if spec.sha256 or not entry or not isinstance(entry.get("sha256"), str):
+            return spec
+        return dataclasses.replace(
+            spec, sha256=entry["sha256"],
+            pinned_by=f"recorded at its first download, {entry.get('first_downloaded', '?')}, in {quote(self.path)}; "
+                      "delete that record to accept a new version",
+        )
+
+    def add(self, spec: FileSpec, got: Fetched) -> None:
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        old = self.entries.get(spec.filename, {})
+        self.entries[spec.filename] = {
+            "sha256": got.sha256,
+            "size": got.size,
+            "source": got.source,
+            "verified": got.verified,
+            "first_downloaded": old.get("first_downloaded", now) if old.get("sha256") == got.sha256 else now,
+            "downloaded": now,
+        }
+        from synthshot.io import atomic_write_json
+
+        atomic_write_json(self.path, self.entries)

@@ -5,12 +5,19 @@
    manual dataset without its files stops with the steps to get them (exit code 2).
 2. fetch: each file is verified from the cache, taken from ``--from-archive`` or downloaded
    (resumable, hashed while streaming; see :mod:`synthshot.datasets.download`).
-3. build: archives are extracted into ``ROOT/.<dir>.staging`` (safe members only), re-packaged
+3. build: archives are extracted into ``ROOT/.<dir>.staging`` (safe members only, the bytes and
+   members each archive may write capped: see :mod:`synthshot.datasets.extract`), re-packaged
    user copies are located, plain files placed, the tree fixed up and the peers' files generated.
 4. split: the protocol's split is read, checked (every path on disk, labels, names, counts) and
    written with ``classnames.json``, ``templates.json`` and ``manifest.json`` in ``synthshot/``.
 5. the staging folder is renamed to ``ROOT/<dir>``: a failed run leaves no half-built tree.
 6. ``--imagefolder``: label-ordered ImageFolder views of the split.
+
+Offline (``--offline`` or $HF_HUB_OFFLINE) nothing is downloaded: a file that is neither in
+``ROOT/.cache/<name>`` nor passed with ``--from-archive`` is a one-line error naming it and where
+to put it. synthshot deletes or replaces only what it wrote: a staging folder carries its marker
+file, scratch folders its ``.synthshot-`` prefix, and a cached file that fails its check is
+downloaded again only when ``.synthshot-downloads.json`` says synthshot downloaded it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import fnmatch
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,13 +36,14 @@ from synthshot.data.coop import save_coop_split
 from synthshot.data.registry import DatasetInfo, get_dataset
 from synthshot.datasets.download import (
     ChecksumError,
+    DownloadRecord,
     Fetched,
     HttpOptions,
     candidate_urls,
     fetch,
     verify_local,
 )
-from synthshot.datasets.extract import archive_stem, extract, extract_all, is_archive
+from synthshot.datasets.extract import archive_stem, extract, extract_all, is_archive, max_bytes_from_env
 from synthshot.datasets.imagefolder import MODES, materialise
 from synthshot.datasets.layouts import (
     GENERATORS,
@@ -53,9 +62,11 @@ from synthshot.datasets.registry import (
     mirrors_from_env,
 )
 from synthshot.errors import DataError
-from synthshot.io import atomic_write_json, atomic_write_text
+from synthshot.io import atomic_write_json, atomic_write_text, quote
 
 MANIFEST_FORMAT = 1
+STAGING_MARKER = ".synthshot-staging"  # in ROOT/.<dir>.staging and .adding: the folder is synthshot's
+SCRATCH_PREFIX = ".synthshot-unpack-"  # user archives are unpacked in ROOT/.cache/<name>/<prefix>*
 
 
 class ManualDownloadRequired(DataError):
@@ -157,26 +168,60 @@ def _match_user_paths(paths: list[Path], specs: list[FileSpec]) -> tuple[dict[st
     return matched, rest
 
 
-def _echo_fetched(echo, spec: FileSpec, got: Fetched) -> None:
+def _echo_fetched(echo, spec: FileSpec, got: Fetched, record: DownloadRecord) -> None:
     if got.verified == "unverified":
+        kept = (f"; pinned by this first download in {quote(record.path)}: later downloads must match it"
+                if "://" in got.source else "")
         echo(f"  {spec.filename}: UNVERIFIED, no checksum is pinned for it ({spec.checksums}); "
-             f"its sha256 is {got.sha256}")
+             f"its sha256 is {got.sha256}{kept}")
     else:
         echo(f"  {spec.filename}: {got.verified} verified ({human_size(got.size)}, from {got.source})")
 
 
 def _obtain(spec: FileSpec, source: DatasetSource, cache: Path, user: dict[str, Path], mirrors: list[str],
-            http: HttpOptions, echo) -> Fetched:
+            http: HttpOptions, echo, record: DownloadRecord) -> Fetched:
+    spec = record.pin(spec)  # an unpinned file is held to the sha256 of its first download
     if spec.id in user:
         return verify_local(spec, user[spec.id], f"user file {user[spec.id]}", http.progress)
     cached = cache / spec.filename
+    if (cached.exists() or cached.is_symlink()) and not cached.is_file():
+        raise DataError(f"{quote(cached)} is in the way of the download of {quote(spec.filename)} and is not a file: move it "
+                        "aside and run again")
     if cached.is_file():
         try:
             return verify_local(spec, cached, "cache", http.progress)
         except ChecksumError as exc:
+            if not record.downloaded(spec.filename):
+                raise DataError(
+                    f"{quote(cached)} fails its check ({exc}); synthshot did not download it, so it is left alone: "
+                    "replace it with a good copy or delete it, and run again"
+                ) from None
+            if http.is_offline:
+                raise DataError(
+                    f"{quote(cached)} fails its check ({exc}) and, offline ({http.offline_reason()}), it is not downloaded "
+                    f"again: put a good copy at {quote(cached)}"
+                ) from None
             echo(f"  {spec.filename}: the cached copy fails its check ({exc}); downloading it again")
             cached.unlink()
-    return fetch(spec, cache, candidate_urls(spec, source.name, mirrors), http, echo)
+    got = fetch(spec, cache, candidate_urls(spec, source.name, mirrors), http, echo)
+    record.add(spec, got)
+    return got
+
+
+def _fresh_staging(staging: Path) -> None:
+    """Create ``staging`` with synthshot's marker; a stale one is replaced only if it has the marker."""
+    if staging.exists() or staging.is_symlink():
+        if staging.is_dir() and not staging.is_symlink() and (staging / STAGING_MARKER).is_file():
+            shutil.rmtree(staging)  # left by a run that was killed
+        else:
+            raise DataError(
+                f"{quote(staging)} is in the way and synthshot did not make it (it has no {STAGING_MARKER} file), so it "
+                "is left alone: move it aside and run prepare again"
+            )
+    staging.mkdir(parents=True)
+    (staging / STAGING_MARKER).write_text(
+        "synthshot datasets prepare builds the dataset here; it deletes this folder when it ends\n", encoding="utf-8"
+    )
 
 
 def _check_space(root: Path, downloads: list[FileSpec], echo) -> None:
@@ -223,21 +268,19 @@ def _find_located(roots: list[Path], loc: Locate) -> list[Path]:
 
 
 def _locate(paths: list[Path], source: DatasetSource, needed: list[FileSpec], tree: Path, scratch: Path,
-            progress: bool, echo) -> tuple[set[str], dict[str, str]]:
+            progress: bool, echo, max_bytes: int | None = None) -> tuple[set[str], dict[str, str]]:
     """Find the folders/files of re-packaged copies and put them in the tree.
 
-    Archives are unpacked (safely) into ``scratch`` and the found folders moved in; folders the
+    Archives are unpacked (safely) into ``scratch`` (a folder this run made) and the found folders moved in; folders the
     user passed are linked, never moved or copied. Returns the ids of the registry files this
     stands in for, and {tree path: where it came from}.
     """
     roots: list[tuple[Path, bool]] = []  # (where to search, unpacked by us)
-    for path in paths:
+    for i, path in enumerate(paths):
         if path.is_file() and is_archive(path):
-            unpack = scratch / archive_stem(path.name)
-            if unpack.exists():
-                shutil.rmtree(unpack)
+            unpack = scratch / f"{i}-{archive_stem(path.name)}"
             echo(f"  unpacking {path} to look for the dataset's folders")
-            extract_all(path, unpack, progress)
+            extract_all(path, unpack, progress, max_bytes)
             roots.append((unpack, True))
         else:
             roots.append((path, False))
@@ -285,6 +328,8 @@ def _merge_into(staged: Path, tree: Path) -> None:
         for f in filenames + links:
             src = Path(dirpath) / f
             rel = src.relative_to(staged)
+            if rel == Path(STAGING_MARKER):
+                continue
             dest = tree / rel
             for parent in list(rel.parents)[:-1]:  # never write through a link to the user's folders
                 if (tree / parent).is_symlink():
@@ -392,12 +437,21 @@ def prepare_dataset(
     dry_run: bool = False,
     registry_dir: str | Path | None = None,
     http: HttpOptions | None = None,
+    max_extract_bytes: int | None = None,
     echo=print,
 ) -> PrepareResult:
-    """Prepare one benchmark under ``root`` (see the module docstring for the steps)."""
+    """Prepare one benchmark under ``root`` (see the module docstring for the steps).
+
+    ``max_extract_bytes`` caps what each archive may write (default: $SYNTHSHOT_MAX_EXTRACT_BYTES,
+    else max(1 GB, 10 x the archive's size)); ``http.offline`` (default: $HF_HUB_OFFLINE) forbids
+    downloads."""
     if imagefolder not in MODES:
         raise DataError(f"--imagefolder {imagefolder!r} is not one of {', '.join(MODES)}")
     http = http or HttpOptions()
+    if max_extract_bytes is None:
+        max_extract_bytes = max_bytes_from_env()
+    elif max_extract_bytes <= 0:
+        raise DataError(f"max_extract_bytes must be a positive number of bytes, not {max_extract_bytes}")
     source = load_source(name, registry_dir)
     proto = source.protocol(protocol).name
     info = get_dataset(source.name)
@@ -449,34 +503,44 @@ def prepare_dataset(
     if unobtainable:
         raise manual_instructions(source, unobtainable)
 
-    _check_space(root, [f for f in needed if f.id not in user and f.id not in may_locate
-                        and not (cache / f.filename).is_file()], echo)
+    downloads = [f for f in needed if f.id not in user and f.id not in may_locate and not (cache / f.filename).is_file()]
+    if downloads and http.is_offline:
+        names = ", ".join(quote(f.filename) for f in downloads)
+        raise DataError(
+            f"offline ({http.offline_reason()}): {source.name} needs {names}, which would have to be downloaded: put "
+            f"your copies in {quote(cache)} or pass them with --from-archive, or go online (drop --offline, unset "
+            "HF_HUB_OFFLINE)"
+        )
+    _check_space(root, downloads, echo)
 
     # 2. fetch
+    record = DownloadRecord(cache)
     fetched: dict[str, Fetched] = {}
     for spec in needed:
         if spec.id in may_locate and spec.id not in user:
             continue
-        got = _obtain(spec, source, cache, user, mirrors, http, echo)
-        _echo_fetched(echo, spec, got)
+        got = _obtain(spec, source, cache, user, mirrors, http, echo, record)
+        _echo_fetched(echo, spec, got, record)
         fetched[spec.id] = got
 
     # 3. build (a fresh tree in staging, or the files a new protocol adds to a prepared tree)
     fresh = manifest is None
     staging = root / (f".{source.dir}.staging" if fresh else f".{source.dir}.adding")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    _fresh_staging(staging)
     tree = staging if fresh else folder
+    scratch: Path | None = None
     try:
         for spec in needed:
             if spec.id in fetched and spec.is_archive:
                 echo(f"  extracting {spec.filename}")
-                extract(fetched[spec.id].path, staging, spec.extract, label=spec.filename, progress=http.progress)
+                extract(fetched[spec.id].path, staging, spec.extract, label=spec.filename, progress=http.progress,
+                        max_bytes=max_extract_bytes)
         replaced, origins = (set(), {})
         if rest:
             lacking = [f for f in needed if f.id not in fetched]
-            replaced, origins = _locate(rest, source, lacking, staging, cache / "unpacked", http.progress, echo)
+            cache.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=cache))
+            replaced, origins = _locate(rest, source, lacking, staging, scratch, http.progress, echo, max_extract_bytes)
         lacking = [f.filename for f in needed if f.id not in fetched and f.id not in replaced]
         if lacking:
             raise DataError(
@@ -515,11 +579,12 @@ def prepare_dataset(
 
         # 5. the tree becomes final
         if fresh:
+            (staging / STAGING_MARKER).unlink()
             os.replace(staging, folder)
     finally:
-        for scratch in (staging, cache / "unpacked"):
-            if scratch.exists():
-                shutil.rmtree(scratch, ignore_errors=True)
+        for ours in (staging, scratch):  # both made by this run
+            if ours is not None and ours.exists():
+                shutil.rmtree(ours, ignore_errors=True)
     echo(f"{source.name}: {proto} split with {counts['train']} train / {counts['val']} val / {counts['test']} test "
          f"images -> {split_file}")
 

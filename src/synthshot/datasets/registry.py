@@ -30,13 +30,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from synthshot.errors import DataError
+from synthshot.errors import ConfigError, DataError
+from synthshot.io import quote
 
 REGISTRY_ENV = "SYNTHSHOT_DATASETS_REGISTRY"
 MIRROR_ENV = "SYNTHSHOT_DATASETS_MIRROR"
 PROTOCOLS = ("coop", "official")
 SPLITS = ("train", "val", "test")
 _HEX = {"md5": re.compile(r"^[0-9a-f]{32}$"), "sha256": re.compile(r"^[0-9a-f]{64}$")}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_NAME = re.compile(r"^[a-z0-9_]+$")
+
+
+class RegistryError(ConfigError, DataError):
+    """A dataset registry entry (built-in, ``--registry`` or $SYNTHSHOT_DATASETS_REGISTRY) that does
+    not validate. A ``ConfigError``, and a ``DataError`` for callers that catch those."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class FileSpec:
     protocols: tuple[str, ...] | None  # None: every protocol needs it
     extract: tuple[ExtractRule, ...] = ()
     place: str | None = None
+    pinned_by: str = ""  # where sha256 comes from when it is not the registry's (a first-download record)
 
     @property
     def is_archive(self) -> bool:
@@ -156,7 +166,7 @@ class DatasetSource:
         for f in self.files:
             if f.id == file_id:
                 return f
-        raise DataError(f"registry entry {self.origin} names file {file_id!r}, which it does not list")
+        raise DataError(f"registry entry {quote(self.origin)} names file {file_id!r}, which it does not list")
 
     def size_text(self) -> str:
         """Download size of every file, e.g. '625.2 MB' ('+ ?' where a size is unknown)."""
@@ -179,7 +189,7 @@ def human_size(n: int) -> str:
 
 def _req(data: dict, key: str, where: str) -> Any:
     if key not in data:
-        raise DataError(f"dataset registry entry {where} has no {key!r} field; fix the entry or reinstall synthshot")
+        raise RegistryError(f"dataset registry entry {quote(where)} has no {key!r} field; fix the entry or reinstall synthshot")
     return data[key]
 
 
@@ -188,18 +198,60 @@ def _checksum(data: dict, key: str, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _HEX[key].match(value):
-        raise DataError(f"dataset registry entry {where}: {key} {value!r} is not a lower-case hex digest")
+        raise RegistryError(f"dataset registry entry {quote(where)}: {key} {value!r} is not a lower-case hex digest")
     return value
 
 
-def _rules(raw: list, where: str) -> tuple[ExtractRule, ...]:
+def check_relative(value: Any, where: str, dataset: str, field: str, *, single: bool = False,
+                   may_be_empty: bool = False) -> str:
+    """A registry path joined under --root (or a dataset folder): relative, inside it, portable.
+
+    Refused: non-strings, empty (unless ``may_be_empty``), control characters, backslashes, a
+    drive (``C:``), an absolute path, ``.`` or ``..`` parts, empty parts (``a//b``); with
+    ``single``, anything but one plain name that does not start with a dot (the names synthshot
+    gives its own temporary files and records start with one). A trailing ``/`` (a folder, in
+    extract rules) is allowed where the path may be empty.
+    """
+    def refuse(why: str) -> RegistryError:
+        return RegistryError(
+            f"dataset registry entry {quote(where)}: dataset {quote(dataset)} field {field} is {quote(value)}, {why}: "
+            "use a relative path that stays inside --root (fix the entry, or drop --registry / "
+            "$SYNTHSHOT_DATASETS_REGISTRY to use the built-in one)"
+        )
+
+    if not isinstance(value, str):
+        raise refuse("not a string")
+    if value == "" and may_be_empty:
+        return value
+    if not value.strip():
+        raise refuse("empty")
+    if _CONTROL.search(value):
+        raise refuse("which holds control characters")
+    if "\\" in value:
+        raise refuse("which holds a backslash")
+    if _DRIVE.match(value):
+        raise refuse("which names a drive")
+    if value.startswith("/"):
+        raise refuse("an absolute path")
+    parts = (value[:-1] if may_be_empty and value.endswith("/") else value).split("/")
+    if ".." in parts:
+        raise refuse("which climbs out with '..'")
+    if any(p in ("", ".") for p in parts):
+        raise refuse("which has an empty or '.' part")
+    if single and (len(parts) > 1 or value.startswith(".")):
+        raise refuse("not one plain name (no '/', no leading '.')")
+    return value
+
+
+def _rules(raw: list, where: str, dataset: str = "?", field: str = "extract") -> tuple[ExtractRule, ...]:
     rules = []
     for r in raw:
         nested = None
+        index = len(rules)
         if "nested" in r:
             n = r["nested"]
             nested = Nested(
-                rules=_rules(_req(n, "extract", where), where),
+                rules=_rules(_req(n, "extract", where), where, dataset, f"{field}[{index}].nested.extract"),
                 size=n.get("size"),
                 md5=_checksum(n, "md5", where),
                 sha256=_checksum(n, "sha256", where),
@@ -207,7 +259,7 @@ def _rules(raw: list, where: str) -> tuple[ExtractRule, ...]:
         rules.append(
             ExtractRule(
                 source=str(r.get("from", "")),
-                to=str(r.get("to", "")),
+                to=check_relative(r.get("to", ""), where, dataset, f"{field}[{index}].to", may_be_empty=True),
                 glob=r.get("glob"),
                 flatten=bool(r.get("flatten", False)),
                 nested=nested,
@@ -216,21 +268,23 @@ def _rules(raw: list, where: str) -> tuple[ExtractRule, ...]:
     return tuple(rules)
 
 
-def _file(raw: dict, where: str) -> FileSpec:
-    extract = _rules(raw.get("extract", []), where)
+def _file(raw: dict, where: str, dataset: str, index: int) -> FileSpec:
+    extract = _rules(raw.get("extract", []), where, dataset, f"files[{index}].extract")
     place = raw.get("place")
+    if place is not None:
+        check_relative(place, where, dataset, f"files[{index}].place")
     if bool(extract) == bool(place):
-        raise DataError(f"dataset registry entry {where}: file {raw.get('id')!r} needs either 'extract' or 'place'")
+        raise RegistryError(f"dataset registry entry {quote(where)}: file {raw.get('id')!r} needs either 'extract' or 'place'")
     sha256, md5 = _checksum(raw, "sha256", where), _checksum(raw, "md5", where)
     note = str(raw.get("checksums", ""))
     if not sha256 and not note:
-        raise DataError(
-            f"dataset registry entry {where}: file {raw.get('id')!r} has no sha256 and no 'checksums' note saying why"
+        raise RegistryError(
+            f"dataset registry entry {quote(where)}: file {raw.get('id')!r} has no sha256 and no 'checksums' note saying why"
         )
     protocols = raw.get("protocols")
     return FileSpec(
         id=str(_req(raw, "id", where)),
-        filename=str(_req(raw, "filename", where)),
+        filename=check_relative(_req(raw, "filename", where), where, dataset, f"files[{index}].filename", single=True),
         urls=tuple(str(u) for u in raw.get("urls", ())),
         size=raw.get("size"),
         md5=md5,
@@ -245,10 +299,14 @@ def _file(raw: dict, where: str) -> FileSpec:
 def parse_source(data: dict, where: str) -> DatasetSource:
     """Check and convert one registry entry (the JSON object)."""
     terms = _req(data, "terms", where)
+    name = str(_req(data, "name", where))
+    if not _NAME.match(name):
+        raise RegistryError(f"dataset registry entry {quote(where)}: name {quote(name)} must be lower-case letters, digits and '_'")
+    dataset_dir = check_relative(_req(data, "dir", where), where, name, "dir", single=True)
     protocols = {}
     for key, raw in _req(data, "protocols", where).items():
         if key not in PROTOCOLS:
-            raise DataError(f"dataset registry entry {where}: unknown protocol {key!r} (use {', '.join(PROTOCOLS)})")
+            raise RegistryError(f"dataset registry entry {quote(where)}: unknown protocol {key!r} (use {', '.join(PROTOCOLS)})")
         protocols[key] = Protocol(
             name=key,
             kind=str(_req(raw, "kind", where)),
@@ -258,21 +316,21 @@ def parse_source(data: dict, where: str) -> DatasetSource:
             val_from_train=raw.get("val_from_train"),
             classes=raw.get("classes"),
         )
-    files = tuple(_file(f, where) for f in _req(data, "files", where))
+    files = tuple(_file(f, where, name, i) for i, f in enumerate(_req(data, "files", where)))
     ids = [f.id for f in files]
     if len(set(ids)) != len(ids):
-        raise DataError(f"dataset registry entry {where}: two files share an id")
+        raise RegistryError(f"dataset registry entry {quote(where)}: two files share an id")
     mode = str(_req(data, "mode", where))
     if mode not in ("auto", "manual"):
-        raise DataError(f"dataset registry entry {where}: mode must be 'auto' or 'manual', not {mode!r}")
+        raise RegistryError(f"dataset registry entry {quote(where)}: mode must be 'auto' or 'manual', not {mode!r}")
     default = str(data.get("default_protocol", "coop"))
     if default not in protocols:
-        raise DataError(f"dataset registry entry {where}: default protocol {default!r} is not described")
+        raise RegistryError(f"dataset registry entry {quote(where)}: default protocol {default!r} is not described")
     canonical = json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return DatasetSource(
-        name=str(_req(data, "name", where)),
+        name=name,
         title=str(_req(data, "title", where)),
-        dir=str(_req(data, "dir", where)),
+        dir=dataset_dir,
         mode=mode,
         homepage=str(data.get("homepage", "")),
         terms=Terms(
@@ -287,13 +345,13 @@ def parse_source(data: dict, where: str) -> DatasetSource:
         instructions=tuple(str(s) for s in data.get("instructions", ())),
         locate=tuple(
             Locate(
-                to=str(_req(loc, "to", where)),
+                to=check_relative(_req(loc, "to", where), where, name, f"locate[{i}].to"),
                 replaces=tuple(_req(loc, "replaces", where)),
                 name=loc.get("name"),
                 contains=loc.get("contains"),
                 file=loc.get("file"),
             )
-            for loc in data.get("locate", ())
+            for i, loc in enumerate(data.get("locate", ()))
         ),
         generate=tuple(data.get("generate", ())),
         postprocess=tuple(data.get("postprocess", ())),
@@ -325,22 +383,30 @@ def load_source(name: str, registry_dir: str | Path | None = None) -> DatasetSou
     holds ``<name>.json``, else the built-in one."""
     key = str(name).strip().lower().replace("-", "_")
     override = _override_dir(registry_dir)
+    if not _NAME.match(key):  # never a path: "../x" must not read ../x.json from the registry folder
+        raise DataError(f"unknown dataset {quote(name)}; known datasets: {', '.join(dataset_names())}")
     if override is not None and (override / f"{key}.json").is_file():
         path = override / f"{key}.json"
-        where, text = str(path), path.read_text(encoding="utf-8")
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"dataset registry entry {quote(where)} cannot be read ({exc}): fix or remove it") from None
     else:
         known = dataset_names()
         if key not in known:
-            raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(known)}")
+            raise DataError(f"unknown dataset {quote(name)}; known datasets: {', '.join(known)}")
         where = f"synthshot/datasets/sources/{key}.json"
         text = _builtin_dir().joinpath(f"{key}.json").read_text(encoding="utf-8")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"dataset registry entry {where} is not valid JSON (line {exc.lineno})") from None
+        raise RegistryError(f"dataset registry entry {quote(where)} is not valid JSON (line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"dataset registry entry {quote(where)} is not a JSON object: fix or remove it")
     source = parse_source(data, where)
     if source.name != key:
-        raise DataError(f"dataset registry entry {where} describes {source.name!r}, not {key!r}")
+        raise RegistryError(f"dataset registry entry {quote(where)} describes {quote(source.name)}, not {quote(key)}")
     return source
 
 

@@ -314,7 +314,7 @@ def load_open_clip(name: str, options: HubOptions, *, device: str = "cpu", dtype
     if pretrained is None and not arch.startswith(HF_HUB_PREFIX):
         logger.warning("open_clip model %s has no pretrained tag: its weights are random", arch)
     cache_dir = str(options.cache_dir) if options.cache_dir else None
-    with loading("open_clip model", name, options):
+    with loading("open_clip model", name, options, path_check=False):
         try:
             model, _, transform = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, device=device, cache_dir=cache_dir

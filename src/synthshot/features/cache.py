@@ -21,7 +21,6 @@ tensor first; a kill between the two leaves a pair whose digests disagree, which
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor
 
 from synthshot.errors import ConfigError, DataError, describe_changes
-from synthshot.io import atomic_write_bytes, atomic_write_json
+from synthshot.io import atomic_write_bytes, atomic_write_json, parse_json
 
 logger = logging.getLogger("synthshot.features")
 
@@ -117,7 +116,7 @@ def read_cache(cache: Path) -> CachedFeatures:
     cache = check_cache_path(cache)
     sidecar = sidecar_path(cache)
     try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        meta = parse_json(sidecar.read_text(encoding="utf-8"))
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} sidecar")
         records = [FileRecord(**record) for record in meta["files"]]

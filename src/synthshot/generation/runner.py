@@ -1,10 +1,13 @@
 """Resumable, crash-safe generation bookkeeping around an injected renderer.
 
 The runner owns the output folder, not the diffusion: it skips finished work items, renders the
-rest in batches through `render`, and records each image in two steps, the image file (atomic)
-then its manifest line. A kill between the two leaves an image without a record, which
-`reconcile` deletes on the next run so that the item is rendered again. The manifest is the only
-truth about which items are finished.
+rest in batches through `render`, and records each image in three steps: the image is written to
+a temporary file (synthshot's own prefix), its manifest line is appended, and the temporary file
+is renamed to its final name. A kill between the steps leaves a temporary file (removed on the
+next run) or a record whose image is missing (dropped, and the item rendered again), never an
+image without a record; so `reconcile` never needs to delete an image, and an image it finds
+without a record is someone else's: it is left alone and named. The manifest is the only truth
+about which items are finished, and a record counts only for the file its own id names.
 
 Layout under `out_dir`:
 
@@ -19,11 +22,13 @@ manifests into `manifest.jsonl`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
 import logging
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -36,7 +41,16 @@ from tqdm.auto import tqdm
 
 from synthshot.errors import DataError, SynthshotError, describe_changes
 from synthshot.generation.items import WorkItem
-from synthshot.io import append_jsonl, atomic_open, atomic_write_text, read_jsonl, remove_stale_temporaries, safe_join
+from synthshot.io import (
+    TEMP_PREFIX,
+    _umask,
+    append_jsonl,
+    atomic_write_text,
+    quote,
+    read_jsonl,
+    remove_stale_temporaries,
+    safe_join,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +79,7 @@ class ReconcileReport:
     invalid_records: int = 0  # valid JSON without a usable `id` and `file`
     missing_files: list[str] = field(default_factory=list)  # ids whose image file is gone
     duplicates: list[str] = field(default_factory=list)  # ids recorded more than once
-    orphans: list[str] = field(default_factory=list)  # deleted images without a record (relative paths)
+    foreign: list[str] = field(default_factory=list)  # files no record names, left alone (relative paths)
     rewritten: bool = False  # the manifest was rewritten with only the good records
 
     @property
@@ -125,9 +139,21 @@ def _read_records(out_dir: Path, report: ReconcileReport) -> list[dict]:
     return records
 
 
+def _own_file(record: dict) -> str | None:
+    """The only file a record may name: `synthetic/<class_slug>/<id>.<png|jpg>`."""
+    item_id, slug, relative = record.get("id"), record.get("class_slug"), record.get("file")
+    if not all(isinstance(v, str) and v and "/" not in v and "\\" not in v for v in (item_id, slug)):
+        return None
+    for suffix in IMAGE_SUFFIXES:
+        if relative == f"{SYNTHETIC}/{slug}/{item_id}{suffix}":
+            return relative
+    return None
+
+
 def _collect_finished(out_dir: Path, records: list[dict], report: ReconcileReport) -> set[Path]:
     """Fill `report.finished` with the first usable record of each id whose image exists, note
-    what was dropped, and return the image paths the kept records name."""
+    what was dropped, and return the image paths the kept records name. A record that names any
+    file but its own item's (another item's image, a file outside the set) is dropped."""
     manifest = out_dir / MANIFEST
     kept_files: set[Path] = set()
     for record in records:
@@ -138,6 +164,11 @@ def _collect_finished(out_dir: Path, records: list[dict], report: ReconcileRepor
             continue
         if item_id in report.finished:
             report.duplicates.append(item_id)
+            continue
+        if _own_file(record) is None:
+            report.invalid_records += 1
+            logger.warning("%s record %r names the file %r, which is not its own item's: it is dropped",
+                           manifest, item_id, relative)
             continue
         try:
             path = safe_join(out_dir, relative)
@@ -166,32 +197,33 @@ def finished_records(out_dir: str | os.PathLike) -> dict[str, dict]:
 def reconcile(out_dir: str | os.PathLike) -> ReconcileReport:
     """Make `out_dir` consistent after any crash; return what was found and done.
 
-    Removes stale temporary files, drops corrupt manifest lines, records without their image and
-    repeated records of one id (the first good one is kept), deletes images that no record names
-    (a kill between the image rename and the manifest append), and rewrites the manifest
-    atomically if anything was dropped or per-process manifests were merged. Only one process
-    may call it at a time.
+    Removes synthshot's stale temporary files (in the folders it writes), drops corrupt manifest
+    lines, records without their image, records that name another item's file and repeated
+    records of one id (the first good one is kept), and rewrites the manifest atomically if
+    anything was dropped or per-process manifests were merged. Files that no record names are
+    never deleted: they are listed in `foreign` and left where they are. Only one process may call
+    it at a time.
     """
     out_dir = Path(out_dir)
     report = ReconcileReport()
     if not out_dir.exists():
         return report
-    report.temporaries_removed = remove_stale_temporaries(out_dir)
+    synthetic = out_dir / SYNTHETIC
+    class_folders = sorted(p for p in synthetic.iterdir() if p.is_dir()) if synthetic.is_dir() else []
+    report.temporaries_removed = remove_stale_temporaries(out_dir, *class_folders)
     manifest = out_dir / MANIFEST
     kept_files = _collect_finished(out_dir, _read_records(out_dir, report), report)
 
-    synthetic = (out_dir / SYNTHETIC).resolve()
-    if synthetic.is_dir():
-        for path in sorted(synthetic.rglob("*")):
-            if path.suffix in IMAGE_SUFFIXES and path.is_file() and path not in kept_files:
-                path.unlink()
-                report.orphans.append(path.relative_to(out_dir.resolve()).as_posix())
-        if report.orphans:
-            logger.warning(
-                "deleted %d image(s) in %s that the manifest does not name; they will be regenerated",
-                len(report.orphans),
-                synthetic,
-            )
+    root = out_dir.resolve()
+    for folder in class_folders:
+        for path in sorted(folder.iterdir()):
+            if path.resolve() not in kept_files and not path.name.startswith(TEMP_PREFIX):
+                report.foreign.append(path.relative_to(out_dir).as_posix())
+    if report.foreign:
+        logger.warning(
+            "%d file(s) under %s are not images this set recorded (e.g. %r): they are left alone and not used",
+            len(report.foreign), root / SYNTHETIC, report.foreign[0],
+        )
 
     process_manifests = _manifests(out_dir)[1:]
     dropped = report.corrupt_lines or report.invalid_records or report.missing_files or report.duplicates
@@ -270,8 +302,7 @@ def run_generation(
                     record = {**item.to_record(), "file": path.relative_to(out_dir.resolve()).as_posix(), **record_extra}
                     if fingerprint is not None:
                         record["fingerprint"] = fingerprint(item)
-                    _write_image(result, path, save_options, out_dir)
-                    _append_record(manifest, record, path, out_dir)
+                    _write_item(result, path, save_options, manifest, record, out_dir)
                     report.done.append(item.id)
                 bar.update(1)
     elapsed = time.perf_counter() - start
@@ -325,28 +356,47 @@ def _check_image(result):
     return TypeError(f"the renderer returned a {type(result).__name__}, not a PIL image")
 
 
-def _write_image(image, path: Path, save_options: dict, out_dir: Path) -> None:
+def _write_item(image, path: Path, save_options: dict, manifest: Path, record: dict, out_dir: Path) -> None:
+    """Write an item's image to a temporary file, append its record, then rename the image into
+    place; on failure, roll back to the state before (no partial line, no image without a
+    record). A file already at `path` that no record names is someone else's: refused."""
+    if path.exists() or path.is_symlink():
+        raise DataError(
+            f"{quote(path)} already exists but no manifest record of {quote(out_dir)} names it: synthshot does not "
+            "write over files it did not record; move it away and rerun"
+        )
     if save_options["format"] == "JPEG" and image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    size = manifest.stat().st_size if manifest.exists() else None
     try:
-        with atomic_open(path) as handle:
-            image.save(handle, **save_options)
-    except OSError as exc:
-        raise _write_error(exc, path, out_dir) from exc
-
-
-def _append_record(manifest: Path, record: dict, image: Path, out_dir: Path) -> None:
-    """Append the manifest line of a written image; on failure, roll back to the state before the
-    image was written (no partial line, no image without a record)."""
-    size = manifest.stat().st_size if manifest.exists() else 0
-    try:
-        append_jsonl(manifest, record)
-    except OSError as exc:
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                image.save(handle, **save_options)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only
+        except OSError as exc:
+            raise _write_error(exc, path, out_dir) from exc
+        try:
+            append_jsonl(manifest, record)
+        except OSError as exc:
+            raise _write_error(exc, manifest, out_dir) from exc
+        try:
+            os.link(tmp, path)  # never replaces: a file that appeared meanwhile is not overwritten
+        except FileExistsError:
+            raise DataError(f"{quote(path)} appeared while its image was written: move it away and rerun") from None
+        except OSError:
+            os.replace(tmp, path)  # file systems without hard links
+    except BaseException:
         # Truncating needs no free space, so the manifest stays valid even on a full disk.
         if manifest.exists():
-            os.truncate(manifest, size)
-        image.unlink(missing_ok=True)
-        raise _write_error(exc, manifest, out_dir) from exc
+            os.truncate(manifest, size or 0)
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def _write_error(exc: OSError, path: Path, out_dir: Path) -> SynthshotError:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from synthshot.data.folders import load_rgb
 from synthshot.errors import ConfigError, DataError
-from synthshot.io import atomic_write_bytes, atomic_write_text
+from synthshot.io import atomic_write_bytes, atomic_write_text, parse_json
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -305,15 +305,21 @@ class SimilarityResult:
             raise DataError(
                 f"{path} lacks {', '.join(missing)}: delete it and rerun `synthshot similarity`"
             )
-        return cls(
-            classes=json.loads(metadata["classes"]),
-            similarity=tensors["similarity"],
-            negative_probs=tensors["negative_probs"],
-            method=metadata["method"],
-            temperature=float(metadata["temperature"]),
-            sampling=metadata["sampling"],
-            model_id=metadata.get("model_id"),
-        )
+        try:
+            classes = parse_json(metadata["classes"])
+            if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+                raise ValueError("its classes are not a list of names")
+            return cls(
+                classes=classes,
+                similarity=tensors["similarity"],
+                negative_probs=tensors["negative_probs"],
+                method=metadata["method"],
+                temperature=float(metadata["temperature"]),
+                sampling=metadata["sampling"],
+                model_id=metadata.get("model_id"),
+            )
+        except (ValueError, DataError) as exc:
+            raise DataError(f"{path} is not a valid similarity file ({exc}): delete it and rerun `synthshot similarity`") from None
 
 
 def compute_class_similarity(

@@ -115,7 +115,7 @@ def load_image_encoder(
     if image_encoder is None:
         kwargs["subfolder"] = subfolder
     label = name if image_encoder else f"{ip_adapter}/{subfolder}"
-    with loading("IP-Adapter image encoder", label, options):
+    with loading("IP-Adapter image encoder", label, options, path_check=image_encoder is not None):
         return CLIPVisionModelWithProjection.from_pretrained(name, dtype=dtype, use_safetensors=True, **kwargs)
 
 

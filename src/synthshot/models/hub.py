@@ -53,9 +53,24 @@ def is_local(name: str) -> bool:
     return Path(name).expanduser().exists()
 
 
+def looks_like_path(name: str) -> bool:
+    """A name that can only mean a folder on this machine, never a hub id (`org/name`)."""
+    return (Path(name).expanduser().is_absolute() or name.startswith((".", "~")) or "\\" in name
+            or name.count("/") > 1)
+
+
+def check_local_path(what: str, name: str) -> None:
+    """A model given as a path that does not exist: say so, instead of trying the hub."""
+    if looks_like_path(name) and not is_local(name):
+        raise ModelError(f"{what} folder {name!r} does not exist: check the path (a hub id has the form org/name)")
+
+
 @contextlib.contextmanager
-def loading(what: str, name: str, options: HubOptions) -> Iterator[None]:
-    """Turn the many exceptions of a failed `from_pretrained` into one ModelError line."""
+def loading(what: str, name: str, options: HubOptions, *, path_check: bool = True) -> Iterator[None]:
+    """Turn the many exceptions of a failed `from_pretrained` into one ModelError line (`name` is
+    what was passed to it; `path_check=False` when it is a label, not a hub id or folder)."""
+    if path_check:
+        check_local_path(what, name)
     try:
         yield
     except ModelError:
@@ -78,6 +93,7 @@ def loading(what: str, name: str, options: HubOptions) -> Iterator[None]:
 
 def resolve_file(repo: str, filename: str, subfolder: str | None, options: HubOptions) -> Path:
     """The local path of one file of a repository (downloaded unless offline) or of a local folder."""
+    check_local_path("model", repo)
     if is_local(repo):
         path = Path(repo).expanduser() / (subfolder or "") / filename
         if not path.is_file():
@@ -85,7 +101,7 @@ def resolve_file(repo: str, filename: str, subfolder: str | None, options: HubOp
         return path
     from huggingface_hub import hf_hub_download
 
-    with loading("file", f"{repo}/{subfolder + '/' if subfolder else ''}{filename}", options):
+    with loading("file", f"{repo}/{subfolder + '/' if subfolder else ''}{filename}", options, path_check=False):
         return Path(hf_hub_download(repo, filename, subfolder=subfolder or None, **options.kwargs()))
 
 

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
-from synthshot.io import atomic_write_json
+from synthshot.errors import ModelError
+from synthshot.io import TEMP_PREFIX, _umask, atomic_write_json, quote
 
 SD_FOLDER = "stable-diffusion"
 IP_ADAPTER_FOLDER = "ip-adapter"
@@ -276,23 +279,39 @@ def write_clip(folder: Path, seed: int) -> None:
 
 def make_tiny_kit(folder: str | Path, seed: int = 0, *, overwrite: bool = False) -> Path:
     """Write a complete tiny model kit into `folder` (built in a staging folder, then renamed, so a
-    kill never leaves half a kit). An existing complete kit is kept unless `overwrite`."""
+    kill never leaves half a kit). An existing complete kit is kept unless `overwrite`; a folder
+    that holds anything else is refused, never emptied."""
     folder = Path(folder)
-    if (folder / KIT_MANIFEST).is_file() and not overwrite:
+    is_kit = (folder / KIT_MANIFEST).is_file()
+    if is_kit and not overwrite:
         return folder
-    staging = folder.with_name(folder.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-
-    write_stable_diffusion(staging / SD_FOLDER, seed)
-    unet_config = json.loads((staging / SD_FOLDER / "unet" / "config.json").read_text())
-    write_ip_adapters(staging / IP_ADAPTER_FOLDER, unet_config, seed)
-    write_clip(staging / CLIP_FOLDER, seed)
-    atomic_write_json(staging / KIT_MANIFEST, kit_manifest(staging, seed))
-
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
+    if folder.exists() and not is_kit:
+        if not folder.is_dir():
+            raise ModelError(f"the tiny kit path {quote(folder)} is a file: choose a new folder for the kit")
+        entries = sorted(folder.iterdir())
+        if entries:
+            raise ModelError(
+                f"{quote(folder)} is not a tiny model kit (no {KIT_MANIFEST}) and holds other files "
+                f"(e.g. {quote(entries[0].name)}): synthshot never writes over them; choose a new or empty folder for the kit"
+            )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{folder.name}-", dir=folder.parent))
+    try:
+        write_stable_diffusion(staging / SD_FOLDER, seed)
+        unet_config = json.loads((staging / SD_FOLDER / "unet" / "config.json").read_text())
+        write_ip_adapters(staging / IP_ADAPTER_FOLDER, unet_config, seed)
+        write_clip(staging / CLIP_FOLDER, seed)
+        atomic_write_json(staging / KIT_MANIFEST, kit_manifest(staging, seed))
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it owner-only
+        if folder.exists():  # an empty folder, or a kit of ours (it has kit.json) being rebuilt
+            old = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{folder.name}-old-", dir=folder.parent))
+            os.replace(folder, old / "kit")
+            os.replace(staging, folder)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

@@ -9,7 +9,7 @@ import json
 import logging
 from pathlib import Path
 
-from synthshot.io import atomic_write_json, slugify
+from synthshot.io import atomic_write_json, parse_json, slugify
 
 logger = logging.getLogger("synthshot.prompts")
 
@@ -32,7 +32,7 @@ class PromptCache:
         if not path.is_file():
             return []
         try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
+            entry = parse_json(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             logger.warning("prompt cache file %s cannot be read (%s): asking again", path, exc.__class__.__name__)
             return []

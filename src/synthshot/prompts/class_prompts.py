@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from synthshot.errors import DataError, ModelError
-from synthshot.io import atomic_write_json
+from synthshot.io import atomic_write_json, parse_json
 from synthshot.prompts.cache import PromptCache, cache_key
 from synthshot.prompts.instruction import asks_class_first, instruction_template
 from synthshot.prompts.parse import check_prompt
@@ -121,7 +121,7 @@ def load_prompts(path: str | Path, classes: Iterable[str] | None = None) -> dict
     if not path.is_file():
         raise DataError(f"prompts file {path} does not exist: run `synthshot prompts` first")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise DataError(f"prompts file {path} is not UTF-8 text: rerun `synthshot prompts`") from None
     except json.JSONDecodeError as exc:

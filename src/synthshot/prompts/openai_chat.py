@@ -1,8 +1,11 @@
 """The `openai` backend: any OpenAI-compatible chat-completions endpoint (vLLM, Ollama, llama.cpp
 server, hosted services), over the standard library's HTTP client.
 
-The API key travels only in the request's Authorization header: it is never logged, written or
-put in a message (server text quoted in errors has it masked)."""
+The API key travels only in the request's Authorization header, and only to the endpoint itself: a
+redirect is never followed (urllib would send the header to wherever it points) but reported, so the
+user can set the final URL. The key is never logged, written or put in a message: server text
+quoted in errors and the answers themselves (which become prompts.json and the cache) have every
+occurrence of it masked."""
 
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ def chat_url(base_url: str) -> str:
     return url if url.endswith("/chat/completions") else url + "/chat/completions"
 
 
-def _is_loopback(url: str) -> bool:
+def is_loopback(url: str) -> bool:
+    """Whether the URL's host is this machine (localhost, 127.0.0.0/8, ::1)."""
     host = urllib.parse.urlsplit(url).hostname or ""
     if host == "localhost":
         return True
@@ -38,6 +42,13 @@ def _is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: the 3xx answer then surfaces as an HTTPError (see `_http_error`)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
 
 
 class OpenAIChatBackend:
@@ -61,8 +72,8 @@ class OpenAIChatBackend:
         self._api_key = api_key
         self._api_key_env = api_key_env
         # A local server is reached directly, whatever proxy the environment sets for the internet.
-        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(self.url) else []
-        self._opener = urllib.request.build_opener(*handlers)
+        handlers = [urllib.request.ProxyHandler({})] if is_loopback(self.url) else []
+        self._opener = urllib.request.build_opener(_RefuseRedirects(), *handlers)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIChatBackend(url={self.url!r}, model={self.model!r})"
@@ -106,6 +117,8 @@ class OpenAIChatBackend:
         except OSError:
             detail = ""
         status = f"HTTP {exc.code}" + (f": {detail}" if detail else "")
+        if 300 <= exc.code < 400:
+            return self._redirect_error(exc)
         if exc.code in RETRY_STATUSES or exc.code >= 500:
             return BackendUnavailable(status)
         if exc.code in {401, 403}:
@@ -124,6 +137,18 @@ class OpenAIChatBackend:
             "prompts.max_new_tokens and prompts.temperature"
         )
 
+    def _redirect_error(self, exc: urllib.error.HTTPError) -> Exception:
+        location = (exc.headers.get("Location") or "").strip() if exc.headers is not None else ""
+        if not location:
+            return ModelError(
+                f"{self.describe} answered HTTP {exc.code} (a redirect) without saying where to: check prompts.base_url"
+            )
+        target = self._mask(" ".join(urllib.parse.urljoin(self.url, location).split()))[:SNIPPET]
+        return ModelError(
+            f"{self.describe} redirected the request (HTTP {exc.code}) to {target}: redirects are not followed "
+            "(they could carry the API key elsewhere); if you trust that address, set prompts.base_url to it"
+        )
+
     def _parse(self, raw: bytes) -> Completion:
         snippet = self._mask(raw[:SNIPPET].decode("utf-8", "replace"))
         try:
@@ -137,4 +162,5 @@ class OpenAIChatBackend:
             raise BackendUnavailable(f"the answer has no choices[0].message.content (it began {snippet!r})") from None
         if content is not None and not isinstance(content, str):
             raise BackendUnavailable(f"choices[0].message.content is not text (the answer began {snippet!r})")
-        return Completion(text=content or "", truncated=choice.get("finish_reason") == "length")
+        # A model may echo what it was sent: the key must not reach the prompts or the cache.
+        return Completion(text=self._mask(content or ""), truncated=choice.get("finish_reason") == "length")

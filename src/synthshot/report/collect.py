@@ -17,6 +17,7 @@ from typing import Any
 
 from synthshot.errors import DataError
 from synthshot.results import RESULTS_FILE, find_results, read_results
+from synthshot.io import parse_json
 
 REPORT_DIR = "report"
 CONFIG_FILE = "config.resolved.yaml"
@@ -208,10 +209,9 @@ SWEEP_STATUS = Path(".synthshot") / "sweep.json"
 
 def failed_runs(out: str | Path) -> dict[str, str]:
     """run name -> its one-line error, for the runs the last sweep in `out` recorded as failed."""
-    import json
 
     try:
-        data = json.loads((Path(out) / SWEEP_STATUS).read_text(encoding="utf-8"))
+        data = parse_json((Path(out) / SWEEP_STATUS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     runs = data.get("runs") if isinstance(data, dict) else None

@@ -106,9 +106,11 @@ def _tile(path: Path | None, missing: str, tile: int) -> tuple[Image.Image, str 
             image.load()
             picture = ImageOps.contain(image.convert("RGB"), (tile, tile))
     except FileNotFoundError:
-        return _placeholder("file\nmissing", tile), f"{path} is missing"
+        return _placeholder("file\nmissing", tile), f"{str(path)!r} is missing"
+    except Image.DecompressionBombError:
+        return _placeholder("too large", tile), f"{str(path)!r} is too large to decode safely"
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        return _placeholder("unreadable", tile), f"{path} is not a readable image ({exc})"
+        return _placeholder("unreadable", tile), f"{str(path)!r} is not a readable image ({exc})"
     canvas = Image.new("RGB", (tile, tile), BACKGROUND)
     canvas.paste(picture, ((tile - picture.width) // 2, (tile - picture.height) // 2))
     return canvas, None

@@ -25,7 +25,7 @@ from typing import Any
 
 from synthshot import __version__
 from synthshot.errors import DataError
-from synthshot.io import atomic_write_text
+from synthshot.io import atomic_write_text, claim_folder, is_claimed
 from synthshot.report import grids, plots
 from synthshot.report.collect import (
     REPORT_DIR,
@@ -365,6 +365,8 @@ def write_report(out: str | Path, *, max_grid_items: int = 12, echo: Callable[[s
     out = Path(out).resolve()
     runs = collect_runs(out)
     folder = out / REPORT_DIR
+    if not is_claimed(out):  # results gathered by hand: then the report folder itself must be synthshot's
+        claim_folder(folder, "report folder")
     figures = _Figures(folder)
     entries = [entry for run in runs for entry in run.entries]
     split = _reported_split(entries)

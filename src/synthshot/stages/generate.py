@@ -13,6 +13,7 @@ import os
 
 from synthshot.config import write_resolved_config
 from synthshot.errors import DataError
+from synthshot.io import claim_folder
 from synthshot.experiment import Experiment
 from synthshot.stages.base import Stage
 
@@ -92,6 +93,7 @@ def run(exp: Experiment, *, shard: tuple[int, int] | None = None, progress: bool
 
     out = exp.layout.synthetic
     if rank == 0:
+        claim_folder(out, "synthetic set folder (synthetic_dir)", legacy=("manifest.jsonl",))
         reconcile(out)
         write_resolved_config(config, out)
     if world > 1:

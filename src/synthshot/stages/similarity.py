@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from synthshot.config import write_resolved_config
-from synthshot.errors import ConfigError
+from synthshot.errors import ConfigError, DataError
 from synthshot.experiment import Experiment
 from synthshot.stages.base import Stage
 
@@ -19,7 +19,11 @@ def run(exp: Experiment, *, echo=print):
         raise ConfigError("class similarity needs real images: data.shots=0 (zero-shot) has none; use generation.mode=text")
     folder = exp.layout.similarity
     settings = config.similarity
-    existing = load(exp)
+    try:
+        existing = load(exp)
+    except DataError as exc:  # the stage's own file, damaged: computed again below
+        echo(f"class similarity: the saved file cannot be used, so it is computed again ({exc})")
+        existing = None
     if existing is not None and (
         existing.classes == sorted(data.split)
         and existing.method == settings.method
