@@ -124,9 +124,59 @@ def test_rotation_matches_pil_rotate_about_the_centre_without_expansion():
         flip=False, crop_left=0, crop_top=0, crop_size=40, angle=12.5, center_crop_size=40
     )
     out = apply_augment(image, params)
-    expected = image.rotate(12.5, resample=Image.Resampling.BICUBIC, expand=False)
+    # PIL's default resampling (NEAREST), as the official code's `Image.rotate(angle)`.
+    expected = image.rotate(12.5)
     assert out.size == (40, 40)
     assert np.array_equal(np.asarray(out), np.asarray(expected))
+
+
+@pytest.mark.parametrize("side", [10, 23, 36, 51, 64])
+def test_centre_crop_offset_is_the_floor_of_the_margin_over_two(side):
+    # For these sides the margin side - int(side/sqrt 2) is 3 mod 4, so half of it ends in .5 and
+    # Python's round() goes up: rounding would shift the crop by one pixel; the official code
+    # takes the floor.
+    crop = int(side / math.sqrt(2))
+    assert (side - crop) % 4 == 3
+    image = make_image(side, side)
+    params = AugmentParams(
+        flip=False, crop_left=0, crop_top=0, crop_size=side, angle=0.0, center_crop_size=crop
+    )
+    offset = (side - crop) // 2
+    expected = np.asarray(image)[offset : offset + crop, offset : offset + crop]
+    assert np.array_equal(np.asarray(apply_augment(image, params)), expected)
+
+
+def official_augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The official DIPSY sequence written with plain PIL calls, drawing from `rng` in synthshot's
+    order (flip, crop left, crop top, angle): flip with p=0.5, random square crop of side
+    min(W, H), `Image.rotate(angle)` (NEAREST, no expand), centre crop of side
+    int(max(W, H) / sqrt 2) at floor offsets."""
+    width, height = image.size
+    side = min(width, height)
+    flip = rng.random() < 0.5
+    left = int(rng.integers(0, width - side + 1))
+    top = int(rng.integers(0, height - side + 1))
+    angle = float(rng.uniform(-20.0, 20.0))
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    image = image.crop((left, top, left + side, top + side))
+    image = image.rotate(angle)
+    width, height = image.size
+    crop = int(max(width, height) / math.sqrt(2))
+    left, top = (width - crop) // 2, (height - crop) // 2
+    return image.crop((left, top, left + crop, top + crop))
+
+
+@pytest.mark.parametrize(
+    "width,height", [(64, 64), (63, 63), (80, 60), (61, 47), (47, 61), (100, 37), (24, 31), (10, 10)]
+)
+def test_pixel_identical_to_the_official_sequence_given_the_same_draws(width, height):
+    for seed in range(40):
+        image = make_image(width, height, seed=seed)
+        ours = augment_ip_image(image, np.random.default_rng(seed))
+        official = official_augment(image, np.random.default_rng(seed))
+        assert ours.size == official.size
+        assert np.array_equal(np.asarray(ours), np.asarray(official)), (width, height, seed)
 
 
 def test_centre_crop_removes_the_black_rotation_fill():

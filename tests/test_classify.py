@@ -51,12 +51,25 @@ def test_text_logits_and_dimension_check():
         text_logits(feats, unit(torch.randn(5, 4)))
 
 
-def test_combined_weight_ends_are_each_classifier():
-    img, txt = torch.randn(4, 3), torch.randn(4, 3)
-    assert torch.allclose(combined_logits(img, txt, 1.0), img.softmax(-1))
-    assert torch.allclose(combined_logits(img, txt, 0.0), txt.softmax(-1))
+def test_combined_puts_prototype_scores_on_the_text_logit_scale():
+    """weight · s · P + (1 - weight) · T with s = CLIP's logit scale: the prototype scores come in
+    exactly as the prototype classifier makes them (dot products), the text logits already scaled."""
+    img, txt = torch.rand(4, 3), 100 * torch.rand(4, 3) / 3
+    assert torch.allclose(combined_logits(img, txt, 1.0), 100 * img)
+    assert torch.allclose(combined_logits(img, txt, 0.0), txt)
+    assert torch.allclose(combined_logits(img, txt, 0.3), 0.3 * 100 * img + 0.7 * txt)
     with pytest.raises(ValueError):
         combined_logits(img, txt, 1.5)
+
+
+def test_combined_can_disagree_with_both_classifiers_at_intermediate_weights():
+    """Prototypes pick class 0 and text class 1, each with class 2 close behind: the blend picks 2.
+    (Mixing softmaxes of raw dot products and of scaled text logits follows the text alone.)"""
+    prototype_scores = torch.tensor([[0.90, 0.60, 0.85]])
+    text = torch.tensor([[20.0, 30.0, 29.0]])
+    assert prototype_scores.argmax().item() == 0 and text.argmax().item() == 1
+    for weight in (0.3, 0.5, 0.6):
+        assert combined_logits(prototype_scores, text, weight).argmax().item() == 2, weight
 
 
 def test_tip_adapter_formula_and_alpha_zero_is_zero_shot():

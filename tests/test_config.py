@@ -78,3 +78,28 @@ def test_resolved_config_round_trips(tmp_path):
     path = write_resolved_config(config, tmp_path)
     again = RunConfig.model_validate(yaml.safe_load(path.read_text()))
     assert again == config
+
+
+def test_a_finetune_recipe_fills_only_the_keys_the_config_leaves_out(tmp_path):
+    config = load_config(None, ["finetune.recipe=clip-lora", "finetune.lr=0.001"])
+    ft = config.finetune
+    assert (ft.lora_r, ft.lora_alpha, ft.lora_dropout, ft.min_lr, ft.warmup_steps) == (2, 1, 0.25, 1e-6, 0)
+    assert ft.lr == 0.001 and ft.select == "last" and ft.iterations_per_shot == 500
+    assert ft.total_iterations(shots=4) == 2000
+    default = load_config(None, []).finetune
+    assert (default.recipe, default.lora_r, default.select, default.total_iterations(4)) == ("datadream", 16, "val", None)
+    # A file that names the recipe and sets a key itself: the key wins.
+    path = tmp_path / "c.yaml"
+    path.write_text("finetune: {recipe: clip-lora, lora_r: 8}\n")
+    assert load_config(path).finetune.lora_r == 8
+
+
+def test_a_sweep_over_recipes_gives_each_run_its_recipe(tmp_path):
+    from synthshot.runs import expand_sweep
+
+    config = load_config(None, [f"output_dir={tmp_path}", "finetune.weight_decay=0.5",
+                                "sweep={finetune.recipe: [datadream, clip-lora]}"])
+    datadream, clip_lora = (run.finetune for run in expand_sweep(config))
+    assert (datadream.lora_r, datadream.lr, datadream.select) == (16, 1e-4, "val")
+    assert (clip_lora.lora_r, clip_lora.lr, clip_lora.select) == (2, 2e-4, "last")
+    assert datadream.weight_decay == clip_lora.weight_decay == 0.5  # set by the user: kept in both

@@ -146,3 +146,69 @@ def test_lgclip_example_stage_by_stage_through_the_cli(tmp_path, tiny_kit):
     assert results["run"]["shots"] == 0 and results["config"]["features"]["multiscale"] is True
     assert {e["method"] for e in results["results"]} == {"prototypes", "text", "combined", "tip_adapter"}
     assert results["results"][0]["metrics"]["num_images"] == 24
+
+
+def _direct_val_search(val_features, val_labels, prototypes, text_weights, keys, key_labels, alphas, betas):
+    """The choices made on validation, written out: the first grid value with the best top-1."""
+    import torch
+
+    labels = torch.tensor(val_labels)
+
+    def top1(logits):
+        return float((logits.argmax(-1) == labels).float().mean())
+
+    text = 100 * val_features @ text_weights.T
+    weights = [round(0.1 * i, 1) for i in range(11)]
+    scores = [top1(w * 100 * (val_features @ prototypes.T) + (1 - w) * text) for w in weights]
+    weight = weights[scores.index(max(scores))]
+    best = None
+    for beta in betas:
+        affinity = torch.exp(-beta * (1 - val_features @ keys.T))
+        cache = affinity @ torch.nn.functional.one_hot(key_labels, prototypes.shape[0]).float()
+        for alpha in alphas:
+            score = top1(text + alpha * cache)
+            if best is None or score > best[0]:
+                best = (score, alpha, beta)
+    return weight, best[1], best[2]
+
+
+def test_hyper_parameters_are_chosen_on_validation_only_never_on_test():
+    """Validation and test disagree on the best parameters (the prototypes and the cache are right
+    on validation, the text classifier on test): the choices must be exactly those of a search on
+    validation, and must not move when the test split changes."""
+    import torch
+
+    from synthshot.classify.evaluate import Split, score_methods
+    from synthshot.config import ClassifierConfig
+
+    eye = torch.eye(3)
+    prototypes, keys, key_labels = eye.clone(), eye.clone(), torch.tensor([0, 1, 2])
+    text_weights = eye[[1, 2, 0]]  # the text classifier calls class c "c - 1"
+    features = torch.nn.functional.normalize(eye + 0.05 * torch.ones(3, 3), dim=-1)
+    val_labels = [0, 1, 2]  # prototypes and cache right, text wrong
+    test_labels = [1, 2, 0]  # text right, prototypes and cache wrong
+    settings = ClassifierConfig(tip_alpha=[0.0, 0.5, 1000.0], tip_beta=[1.0, 5.0])
+
+    def chosen(test_features, labels):
+        splits = [Split("val", features, val_labels), Split("test", test_features, labels)]
+        entries = score_methods(["combined", "tip_adapter"], settings, splits, ["a", "b", "c"], prototypes=prototypes,
+                                keys=keys, key_labels=key_labels, text_weights=text_weights)
+        by = {(e["method"], e["split"]): e for e in entries}
+        assert all(e["selected_on"] == "val" for e in entries)
+        return by["combined", "test"]["params"]["weight"], by["tip_adapter", "test"]["params"]["alpha"], \
+            by["tip_adapter", "test"]["params"]["beta"], by
+
+    on_val = _direct_val_search(features, val_labels, prototypes, text_weights, keys, key_labels,
+                                settings.tip_alpha, settings.tip_beta)
+    on_test = _direct_val_search(features, test_labels, prototypes, text_weights, keys, key_labels,
+                                 settings.tip_alpha, settings.tip_beta)
+    assert on_val[:2] != on_test[:2]  # choosing on test would give other parameters
+    weight, alpha, beta, by = chosen(features, test_labels)
+    assert (weight, alpha, beta) == on_val
+    assert by["combined", "val"]["metrics"]["top1"] == 1.0 and by["tip_adapter", "val"]["metrics"]["top1"] == 1.0
+    assert by["combined", "test"]["metrics"]["top1"] == 0.0  # the price of choosing on validation here
+
+    # Poisoned test splits (other labels, other features) leave every choice where it was.
+    for poisoned_features, poisoned_labels in ((features, [2, 0, 1]), (features.flip(0), [0, 1, 2]),
+                                               (torch.nn.functional.normalize(torch.rand(6, 3), dim=-1), [1] * 6)):
+        assert chosen(poisoned_features, poisoned_labels)[:3] == on_val

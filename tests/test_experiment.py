@@ -182,8 +182,8 @@ def test_a_method_the_encoder_cannot_run_is_skipped_with_its_reason(tmp_path, ti
 
     real = features_stage.load_encoder
 
-    def without_text(exp):
-        encoder = real(exp)
+    def without_text(exp, *args):
+        encoder = real(exp, *args)
         encoder.__class__ = type("NoText", (encoder.__class__,), {"has_text_tower": property(lambda self: False)})
         return encoder
 
@@ -253,3 +253,53 @@ def test_no_synthetic_images_with_lambda_below_one_is_a_one_line_error(tmp_path,
     config = small(tmp_path, tiny_kit, "stages=[data, finetune]")
     with pytest.raises(SynthshotError, match=r"lam=0.8 gives the synthetic images weight 0.2, but there are none"):
         run_stages(config, echo=quiet)
+
+
+def test_seeds_give_mean_and_std_in_results_table_and_report(tmp_path, tiny_kit):
+    """`seeds: [1, 2]`: one run per seed (the seed and the split seed), summarised in the run's own
+    results.json as mean ± sample std, in the sweep table and in the report."""
+    import statistics
+
+    from synthshot.runs import sweep_table
+
+    config = small(tmp_path, tiny_kit, "seeds=[1, 2]", "data.demo.images_per_class=8",
+                   "generation.mode=text", "stages=[data, generate, features, prototypes, evaluate, report]",
+                   "classifier.methods=[prototypes, text]")
+    run(config, echo=quiet)
+    out = config.output_dir
+    per_seed = {seed: read_results(out / f"seed={seed}" / "evaluate" / "results.json") for seed in (1, 2)}
+    assert per_seed[1]["config"]["data"]["split_seed"] == 1 and per_seed[2]["config"]["seed"] == 2
+    summary = read_results(out / "evaluate" / "results.json")
+    assert summary["run"]["seeds"] == [1, 2]
+    for entry in summary["results"]:
+        tops = [next(e for e in per_seed[s]["results"] if (e["method"], e["split"]) == (entry["method"], entry["split"]))
+                ["metrics"]["top1"] for s in (1, 2)]
+        assert entry["metrics"]["top1"] == pytest.approx(statistics.mean(tops))
+        assert entry["metrics"]["top1_std"] == pytest.approx(statistics.stdev(tops))
+        assert entry["metrics"]["per_seed"] == {"1": tops[0], "2": tops[1]}
+    table = sweep_table(out)
+    assert table.count("±") == 2 and "seed=1" not in table  # the summary, not the seeds one by one
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert " ± " in page
+
+
+def test_aggregate_seeds_keeps_entries_every_seed_has():
+    from synthshot.results import aggregate_seeds, make_results
+
+    def metrics(top1, confusion):
+        return {"top1": top1, "balanced_top1": top1 / 2, "num_images": 4, "classes": ["a", "b"],
+                "per_class": {"a": top1, "b": None}, "confusion": confusion, "support": {"a": 2, "b": 2}}
+
+    one = make_results("evaluate", [
+        {"method": "text", "split": "test", "params": {"k": 1}, "metrics": metrics(0.5, [[1, 1], [0, 2]])},
+        {"method": "prototypes", "split": "test", "metrics": metrics(0.25, [[1, 1], [2, 0]])},
+    ])
+    two = make_results("evaluate", [
+        {"method": "text", "split": "test", "params": {"k": 2}, "metrics": metrics(1.0, [[2, 0], [0, 2]])},
+    ])
+    summary = aggregate_seeds({7: one, 3: two})
+    (entry,) = summary["results"]
+    assert entry["method"] == "text" and entry["params"] == {"seeds": [3, 7]}
+    assert entry["metrics"]["top1"] == 0.75 and entry["metrics"]["top1_std"] == pytest.approx(0.5 / 2 ** 0.5)
+    assert entry["metrics"]["per_class"] == {"a": 0.75, "b": None}
+    assert entry["metrics"]["confusion"] == [[3, 1], [0, 4]] and entry["metrics"]["support"] == {"a": 4, "b": 4}

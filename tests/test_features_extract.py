@@ -87,14 +87,15 @@ def test_multiscale_is_the_weighted_combination_of_separately_encoded_crops(enco
     assert torch.allclose(result.features.norm(dim=-1), torch.ones(3), atol=1e-6)
 
 
-def test_scale_10_alone_is_the_whole_image_resized(encoder, images):
+def test_scale_10_alone_is_the_whole_image_or_its_4_3_centre_crop_resized(encoder, images):
     square = images[1]  # 40x40: resizing the whole image is also what the processor does
-    wide = images[2]  # 64x36: the processor centre-crops, the full-image crop does not
+    wide = images[2]  # 64x36: wider than 4/3, so RandomResizedCrop falls back to a 48x36 centre crop
     result = extract_features(encoder, [square, wide], multiscale=True, scales=[10], batch_size=2, progress=False)
     single = extract_features(encoder, [square, wide], multiscale=False, batch_size=2, progress=False)
     assert torch.allclose(result.features[0], single.features[0], atol=1e-5)
-    whole = _image_features(encoder.model, crop_pixels(Image.open(wide).convert("RGB"), encoder.spec)[None])[0]
-    assert torch.allclose(result.features[1], whole, atol=1e-5)
+    box = (8.0, 0.0, 56.0, 36.0)
+    centre = _image_features(encoder.model, crop_pixels(Image.open(wide).convert("RGB"), encoder.spec, box)[None])[0]
+    assert torch.allclose(result.features[1], centre, atol=1e-5)
     assert not torch.allclose(result.features[1], single.features[1], atol=1e-3)
 
 

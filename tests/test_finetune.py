@@ -149,6 +149,47 @@ def test_validation_chooses_the_epoch_and_test_is_reported(tmp_path, tiny_kit):
     assert by_split["val"]["metrics"]["top1"] == pytest.approx(val_top1[chosen])
 
 
+def test_clip_lora_recipe_runs_its_iterations_and_keeps_the_last_epoch(tmp_path, tiny_kit):
+    """finetune.recipe=clip-lora: 500 x shots iterations (scaled down here with an explicit
+    iterations_per_shot, which wins over the recipe), split into the epochs, the last adapter kept
+    even with validation data; its LoRA rank and targets; the images cycled past one pass."""
+    val_root = tmp_path / "val-images"
+    for index, shape in enumerate(["circle", "square", "triangle"]):
+        (val_root / shape).mkdir(parents=True)
+        draw_shape(shape, np.random.default_rng([7, index]), 32).save(val_root / shape / "0.png")
+    config = prepared(tmp_path, tiny_kit, "finetune.recipe=clip-lora", "finetune.iterations_per_shot=6",
+                      "finetune.epochs=3", "finetune.batch_size=4", "finetune.precision=fp32",
+                      "finetune.val.source=folder", f"finetune.val.root={val_root}")
+    assert config.finetune.steps_per_epoch == 3  # from make_config: set explicitly, but iterations rule the length
+    results = finetune(config, echo=quiet, progress=False)
+    test = next(e for e in results["results"] if e["split"] == "test")
+    params = test["params"]
+    assert params["recipe"] == "clip-lora" and params["steps"] == 12  # 6 x 2 shots, 4 steps per epoch
+    assert params["selected_epoch"] == 3 and params["select"] == "last" and test["selected_on"] is None
+    assert (params["lora_r"], params["lora_alpha"], params["lora_dropout"]) == (2, 1, 0.25)
+    assert params["lora_targets"] == ["k_proj", "q_proj", "v_proj"] and params["lr"] == 0.01  # set by make_config
+    steps = [json.loads(line) for line in (config.output_dir / FINETUNE_DIR / METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in steps if r["kind"] == "step"] == list(range(1, 13))
+
+
+def test_text_features_are_computed_once_when_only_the_vision_tower_trains(tmp_path, tiny_kit, monkeypatch):
+    calls = {"n": 0}
+    real = finetune_module.encode_class_prompts
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "encode_class_prompts", counted)
+    config = prepared(tmp_path, tiny_kit, "finetune.towers=[vision]", "finetune.epochs=2", name="vision")
+    finetune(config, echo=quiet, progress=False)
+    assert calls["n"] == 1  # 6 steps and two evaluations: one encoding of the class prompts
+    calls["n"] = 0
+    finetune(prepared(tmp_path, tiny_kit, "finetune.towers=[vision,text]", "finetune.epochs=2", name="both"),
+             echo=quiet, progress=False)
+    assert calls["n"] >= 6  # the text tower trains: every step encodes them under autograd
+
+
 def test_resume_after_a_kill_continues_to_the_uninterrupted_result(tmp_path, tiny_kit, monkeypatch):
     straight = prepared(tmp_path, tiny_kit, name="straight")
     expected = finetune(straight, echo=quiet, progress=False)

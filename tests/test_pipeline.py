@@ -189,3 +189,59 @@ def test_adapter_that_does_not_fit_the_encoder_is_refused(tiny_kit, hub_options,
         load_ip_adapters(sd, str(repo), "models", [PLUS_WEIGHTS], hub_options)
     with pytest.raises(ModelError, match=r"expects image features of width 32.*projection_dim is 24"):
         load_ip_adapters(sd, str(repo), "models", [BASIC_WEIGHTS], hub_options)
+
+
+W_TEXT, W_POS, W_NEG, IP_SCALE = 4.0, 3.0, 1.5, 0.8
+
+
+@torch.no_grad()
+def test_one_denoising_step_of_the_call_equals_equation_9_over_the_official_branches(reference, dipsy, monkeypatch):
+    """One step of `DualIPAdapterPipeline.__call__` (dual mode) against the four branches evaluated
+    by diffusers' own pipeline with global adapter scales, as DIPSY's code does: e0 (empty prompt,
+    both adapters at 0), eT (text, [0, 0]), eP (text, [s, 0]), eN (text, [s, s]), combined by the
+    documented Eq. 9 written out here, with w_pos != w_neg so that a pos/neg swap shows."""
+    prompt, positive, negative, seed = "a photo of a circle", picture(21), picture(22), 123
+    seen = {}
+    step = dipsy.scheduler.step
+
+    def spy(model_output, timestep, sample, *args, **kwargs):
+        seen.update(eps=model_output.clone(), t=timestep, latents=sample.clone())
+        return step(model_output, timestep, sample, *args, **kwargs)
+
+    monkeypatch.setattr(dipsy.scheduler, "step", spy)
+    out = dipsy(prompt, positive, negative, mode="dual", w_text=W_TEXT, w_pos=W_POS, w_neg=W_NEG,
+                ip_adapter_scale=IP_SCALE, num_inference_steps=1, height=SIZE, width=SIZE,
+                generator=torch.Generator().manual_seed(seed), output_type="latent").images
+
+    # The reference, from diffusers' StableDiffusionPipeline alone.
+    scheduler = type(dipsy.scheduler).from_config(dipsy.scheduler.config)
+    scheduler.set_timesteps(1)
+    t = scheduler.timesteps[0]
+    assert int(seen["t"]) == int(t)
+    latents = torch.randn(1, 4, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(seed))
+    latents = latents * scheduler.init_noise_sigma
+    torch.testing.assert_close(seen["latents"], latents, rtol=0, atol=0)
+    text, uncond = reference.encode_prompt(prompt, "cpu", 1, True, negative_prompt=None)
+    embeds = reference.prepare_ip_adapter_image_embeds([positive, negative], None, "cpu", 1, False)
+    model_input = scheduler.scale_model_input(latents, t)
+
+    def eps(states, scales):
+        reference.set_ip_adapter_scale(scales)
+        return reference.unet(model_input, t, encoder_hidden_states=states,
+                              added_cond_kwargs={"image_embeds": embeds}).sample
+
+    e0, eT = eps(uncond, [0.0, 0.0]), eps(text, [0.0, 0.0])
+    eP, eN = eps(text, [IP_SCALE, 0.0]), eps(text, [IP_SCALE, IP_SCALE])
+    want = e0 + W_TEXT * (eT - e0) + W_POS * (eP - eT) - W_NEG * (eN - eP)
+    torch.testing.assert_close(seen["eps"], want, rtol=0, atol=1e-4)
+    torch.testing.assert_close(out, scheduler.step(want, t, latents).prev_sample, rtol=0, atol=1e-4)
+
+    # Not vacuous: the image branches move the prediction far beyond the tolerance, and so would
+    # a positive/negative swap (images between the adapters, or eP/eN in the combination).
+    assert (want - (e0 + W_TEXT * (eT - e0))).abs().max() > 1e-2
+    reference.set_ip_adapter_scale([0.0, 0.0])
+    swapped_inputs = reference.prepare_ip_adapter_image_embeds([negative, positive], None, "cpu", 1, False)
+    embeds[:] = swapped_inputs
+    sP, sN = eps(text, [IP_SCALE, 0.0]), eps(text, [IP_SCALE, IP_SCALE])
+    assert (e0 + W_TEXT * (eT - e0) + W_POS * (sP - eT) - W_NEG * (sN - sP) - want).abs().max() > 1e-2
+    assert (e0 + W_TEXT * (eT - e0) + W_POS * (eN - eT) - W_NEG * (eP - eN) - want).abs().max() > 1e-2

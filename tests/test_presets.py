@@ -49,8 +49,8 @@ def test_preset_runs_end_to_end(preset, tmp_path, tiny_kit, monkeypatch):
     out = tmp_path / config.output_dir
     assert (out / "report" / "index.html").is_file()
     results = sorted(p for p in out.rglob("results.json") if ".synthshot" not in p.parts)
-    runs = len(config.sweep["models.clip"]) if config.sweep else 1
-    assert len(results) == runs  # every run of the sweep finished
+    runs = (len(config.sweep["models.clip"]) if config.sweep else 1) * (1 + len(config.controls))
+    assert len(results) == runs  # every run of the sweep and every control finished
     for path in results:
         saved = read_results(path)
         tests = [e for e in saved["results"] if e["split"] == "test"]
@@ -58,6 +58,21 @@ def test_preset_runs_end_to_end(preset, tmp_path, tiny_kit, monkeypatch):
         assert saved["run"]["test_set"]["num_images"] == 6 and saved["skipped"] == []
         classes = tests[0]["metrics"]["classes"]
         assert len(classes) == 3
+    if preset.startswith("dipsy"):  # DIPSY Table 2's controls, reported beside the method
+        assert config.controls == ["real-only", "text-sd"]
+        by_run = {p.parent.parent.relative_to(out).as_posix(): read_results(p) for p in results}
+        real_only = by_run["controls/real-only"]["results"][0]["params"]
+        assert real_only["lam"] == 1.0 and real_only["num_synthetic"] == 0 and real_only["num_real"] == 6
+        assert by_run["controls/text-sd"]["config"]["generation"]["mode"] == "text"
+        assert by_run["."]["config"]["generation"]["mode"] == "dual"
+        page = (out / "report" / "index.html").read_text(encoding="utf-8")
+        assert "controls/real-only" in page and "controls/text-sd" in page
+    else:  # LGCLIP: text zero-shot CLIP and the blend beside the prototypes
+        for path in results:
+            tests = {e["method"]: e for e in read_results(path)["results"] if e["split"] == "test"}
+            assert {"prototypes", "text", "combined"} <= set(tests)
+            if config.classifier.val is not None:
+                assert tests["combined"]["selected_on"] == "val"
     if config.sweep:
         status = json.loads((out / ".synthshot" / "sweep.json").read_text())["runs"]
         assert {s["status"] for s in status.values()} == {"done"} and len(status) == runs

@@ -25,12 +25,15 @@ from synthshot.prompts.openai_chat import OpenAIChatBackend, chat_url
 KEY_ENV = "SYNTHSHOT_TEST_LLM_KEY"
 SECRET = "sk-test-0123456789-very-secret"
 TIMEOUT = 0.2  # seconds per request; the "slow" answer takes longer
-VIEWS = ["front", "side", "back", "above", "below", "far away", "close up", "left", "right", "behind", "afar", "low"]
+VIEWS = ["front", "side", "back", "above", "below", "far away", "close up", "left", "right", "behind", "a distance",
+         "a corner"]
+SCENES = ["a lawn", "a sofa", "fresh snow", "a beach", "a road", "a kitchen", "a forest"]
 
 
 def described(name: str, start: int, count: int) -> list[str]:
+    """Valid prompts, no two of them near-duplicates for i < 84 (the view and the scene cycle)."""
     return [
-        f"{name}, which has a clear outline seen from the {VIEWS[i % len(VIEWS)]} ({i})"
+        f"{name}, which has a clear outline seen from the {VIEWS[i % len(VIEWS)]} on {SCENES[i % len(SCENES)]} ({i})"
         for i in range(start, start + count)
     ]
 
@@ -261,7 +264,9 @@ def test_too_few_prompts_are_asked_for_again(server, api_key, tmp_path):
     assert sleeps == []  # a short answer is no failure: asked again at once
     follow_up = server.requests[1]["body"]["messages"][1]["content"]
     assert follow_up.startswith("Write 2 different visual descriptions of cat")
-    assert follow_up.endswith("\n" + "\n".join(first))
+    # The follow-up lists none of the prompts kept (small models copy them back), and has another seed.
+    assert not any(line in follow_up for line in first)
+    assert server.requests[1]["body"]["seed"] != server.requests[0]["body"]["seed"]
 
 
 def test_repeated_prompts_do_not_count(server, api_key, tmp_path):
@@ -292,7 +297,7 @@ def test_prose_instead_of_a_list_fails_clearly_and_keeps_classes_done(server, ap
     assert message.startswith(
         f"class 'beagle': only 0 of 4 valid prompts after 3 requests to LLM endpoint {server.url}"
     )
-    assert "rejected: 6 not of the form '<class>, ...'" in message
+    assert "rejected: 6 not of the form '<class>, which has ...'" in message
     assert "last answer began 'A beagle is a breed" in message
     assert "raise prompts.max_retries" in message
     assert f"1 of 2 classes are done and cached in {tmp_path / 'cache'}" in message
@@ -468,7 +473,7 @@ def test_a_relative_redirect_is_not_followed_either(serve, api_key, tmp_path):
 
 def test_a_key_echoed_in_an_answer_is_in_no_file_and_no_message(server, api_key, tmp_path):
     lines = described("cat", 0, 4)
-    lines[1] = f"cat, which wears a collar tag that reads {SECRET} seen from the side"
+    lines[1] = f"cat, which has a collar tag that reads {SECRET} seen from the side"
     server.script = [answer("\n".join(lines) + f"\nYour API key is {SECRET}.")]
     prompts, _, echoed = run(settings_for(server.url), {"cat": "cat"}, tmp_path / "prompts")
     assert [p for i, p in enumerate(prompts["cat"]) if i != 1] == [lines[0], lines[2], lines[3]]

@@ -179,8 +179,7 @@ def test_instruction_asks_for_the_lgclip_form():
     assert '"tabby cat, which has ..."' in text
     assert "viewpoint" in text and "no numbering" in text
     assert "{" not in text
-    follow_up = render_instruction(DEFAULT_INSTRUCTION, "tabby cat", 3, ["tabby cat, which has stripes"])
-    assert "Write 3 " in follow_up and follow_up.endswith("\ntabby cat, which has stripes")
+    assert render_instruction(DEFAULT_INSTRUCTION, "tabby cat", 3) == text.replace("Write 10 ", "Write 3 ")
     messages = build_messages(DEFAULT_INSTRUCTION, "cat", 2)
     assert [m["role"] for m in messages] == ["system", "user"]
     # A user's instruction may hold other braces.

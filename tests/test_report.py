@@ -231,6 +231,18 @@ def test_a_report_folder_of_someone_elses_is_never_written_over(tmp_path):
     assert "synthshot report" in theirs.read_text()
 
 
+def test_controls_are_runs_of_their_own_beside_the_method(tmp_path):
+    write_run(tmp_path, shots=4, images_per_class=10, name="dipsy")
+    write_run(tmp_path / "controls" / "real-only", shots=4, images_per_class=1, name="real-only")
+    runs = collect_runs(tmp_path)
+    assert [run.name for run in runs] == ["dipsy", "controls/real-only"]
+    method, control = runs
+    assert {entry.source.parent for entry in method.entries} == {tmp_path.resolve()}
+    assert control.info["control"] == "real-only" and "control" not in method.info
+    page = write_report(tmp_path, echo=lambda *_: None).read_text(encoding="utf-8")
+    assert "<td>controls/real-only</td>" in page
+
+
 def test_results_below_a_run_merge_into_it_and_equal_names_are_told_apart(tmp_path):
     write_run(tmp_path / "a", shots=1, images_per_class=2, name="same")
     write_run(tmp_path / "b", shots=2, images_per_class=2, name="same")
@@ -300,6 +312,15 @@ def test_grid_marks_text_mode_and_missing_images(tmp_path):
     # The result tile holds the red image; the positive tile is the grey placeholder.
     assert grid.getpixel((ROW_LABEL + 2 * (64 + GAP) + 32, HEADER + 32)) == (255, 0, 0)
     assert grid.getpixel((ROW_LABEL + 2, HEADER + 2)) == PLACEHOLDER
+
+
+def test_accuracy_curves_draw_error_bars_for_the_spread_over_seeds():
+    from synthshot.report.plots import accuracy_curves
+
+    plain = accuracy_curves({"a": [(1, 0.5), (2, 0.6)]}, xlabel="shots")
+    bars = accuracy_curves({"a": [(1, 0.5, 0.05), (2, 0.6, 0.02)]}, xlabel="shots")
+    assert plain.startswith(b"\x89PNG") and bars.startswith(b"\x89PNG") and plain != bars
+    assert accuracy_curves({"a": [(1, 0.5, None), (2, 0.6, None)]}, xlabel="shots") == plain
 
 
 def test_plots_take_many_classes_and_names_with_dollars():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,16 +37,22 @@ def unit(x: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ similarity formulas
 
 
-def test_class_mean_is_the_cosine_of_normalised_class_means():
-    classes = random_classes()
-    expected = np.zeros((4, 4))
-    means = [unit(unit(e.double().numpy()).mean(axis=0)) for e in classes]
-    for a in range(4):
-        for b in range(4):
-            expected[a, b] = means[a] @ means[b]
+def test_class_mean_is_the_cosine_of_the_raw_class_means():
+    """The official code averages a class's raw image embeddings, then takes cosines of the means."""
+    classes = [e * torch.linspace(0.2, 5.0, e.shape[0]).unsqueeze(1) for e in random_classes()]  # unequal norms
+    means = [unit(e.double().numpy().mean(axis=0)) for e in classes]
+    expected = np.array([[means[a] @ means[b] for b in range(4)] for a in range(4)])
     got = class_similarity(classes, method="class_mean")
     assert got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
+
+
+def test_normalized_mean_is_the_cosine_of_the_means_of_unit_embeddings():
+    classes = [e * torch.linspace(0.2, 5.0, e.shape[0]).unsqueeze(1) for e in random_classes()]
+    means = [unit(unit(e.double().numpy()).mean(axis=0)) for e in classes]
+    expected = np.array([[means[a] @ means[b] for b in range(4)] for a in range(4)])
+    np.testing.assert_allclose(class_similarity(classes, method="normalized_mean").numpy(), expected, atol=1e-6)
+    assert not torch.allclose(class_similarity(classes, "normalized_mean"), class_similarity(classes, "class_mean"))
 
 
 def test_class_mean_is_the_default():
@@ -75,7 +82,7 @@ def test_methods_differ_on_spread_classes():
     )
 
 
-@pytest.mark.parametrize("method", ["class_mean", "pairwise_mean"])
+@pytest.mark.parametrize("method", ["class_mean", "normalized_mean", "pairwise_mean"])
 def test_similarity_is_symmetric_and_bounded(method):
     s = class_similarity(random_classes(), method=method)
     assert torch.equal(s, s.T)
@@ -100,7 +107,7 @@ def test_identical_classes_have_similarity_one(method):
 def test_similarity_is_invariant_to_embedding_scale():
     classes = random_classes()
     scaled = [3.0 * e for e in classes]
-    for method in ("class_mean", "pairwise_mean"):
+    for method in ("class_mean", "normalized_mean", "pairwise_mean"):
         assert torch.allclose(class_similarity(classes, method), class_similarity(scaled, method))
 
 
@@ -404,3 +411,31 @@ def test_loading_a_missing_result_says_what_to_run(tmp_path):
 def test_result_shape_must_match_classes():
     with pytest.raises(DataError, match="shape"):
         SimilarityResult(["a", "b", "c"], torch.eye(2), uniform_distribution(2))
+
+
+def test_a_similarity_file_of_the_old_class_mean_formula_is_computed_again(tmp_path, tiny_kit):
+    """Files written before class_mean followed the official formula (no `format`) are not reused."""
+    from safetensors.torch import load_file, save_file
+
+    from synthshot.config import load_config
+    from synthshot.experiment import Experiment
+    from synthshot.runs import run_stage
+
+    config = load_config(None, [f"output_dir={tmp_path / 'out'}", f"models.tiny_kit={tiny_kit}", "offline=true",
+                                "data.demo.classes=3", "data.demo.images_per_class=3", "data.demo.size=32",
+                                "data.shots=2"])
+    run_stage(Experiment(config), "similarity", echo=lambda *_: None)
+    path = Path(config.output_dir) / "similarity" / "similarity.safetensors"
+    said = []
+    run_stage(Experiment(config), "similarity", echo=said.append)
+    assert "(up to date)" in said[0]
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    assert metadata.pop("format") == "2"
+    save_file(load_file(str(path)), str(path), metadata=metadata)  # as an earlier version wrote it
+    said = []
+    run_stage(Experiment(config), "similarity", echo=said.append)
+    assert "(up to date)" not in said[0]
+    assert SimilarityResult.load(path.parent).format == 2

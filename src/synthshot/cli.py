@@ -69,12 +69,21 @@ def run(
     offline: OfflineOpt = False,
     output: OutputOpt = None,
     force: Annotated[bool, typer.Option(help="Rerun stages even when their outputs are up to date.")] = False,
+    list_runs: Annotated[bool, typer.Option("--list-runs", help="Print the runs (index and folder) and exit.")] = False,
+    run_index: Annotated[Optional[int], typer.Option(
+        "--run-index", help="Run only run K of --list-runs (one task of a job array); then `synthshot report`.")] = None,
 ) -> None:
     """Run the stages the config lists in one output folder (or every run of its sweep); stages
     whose outputs are complete and whose inputs are unchanged are skipped."""
+    from synthshot.runs import plan_runs
     from synthshot.runs import run as run_all
 
-    run_all(load(config, set_, offline, output), force=force, echo=typer.echo)
+    resolved = load(config, set_, offline, output)
+    if list_runs:
+        for index, (name, _) in enumerate(plan_runs(resolved)):
+            typer.echo(f"{index}\t{name}")
+        return
+    run_all(resolved, force=force, echo=typer.echo, run_index=run_index)
 
 
 @app.command()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synthshot.errors import ConfigError
 
@@ -105,7 +105,12 @@ class DataConfig(Section):
 class SimilarityConfig(Section):
     """Class similarity from CLIP image embeddings and the negative-class distribution (DIPSY)."""
 
-    method: Literal["class_mean", "pairwise_mean"] = "class_mean"
+    method: Literal["class_mean", "normalized_mean", "pairwise_mean"] = Field(
+        "class_mean",
+        description="class_mean: cosines of the means of each class's raw image embeddings (the official code); "
+        "normalized_mean: the same with every embedding normalised first; pairwise_mean: the mean cosine over "
+        "all image pairs (the paper's prose).",
+    )
     temperature: float = Field(0.4, gt=0)
     sampling: Literal["similarity", "uniform"] = "similarity"
     batch_size: int = Field(32, ge=1)
@@ -163,13 +168,31 @@ class PromptsConfig(Section):
         description="Name of the environment variable holding the API key (never the key itself); null: send no "
         "key. Unset, it is an error unless the endpoint is on localhost (then no key is sent).",
     )
-    temperature: float = Field(0.8, ge=0)
-    max_new_tokens: int = Field(512, ge=16)
+    temperature: float = Field(
+        0.8, ge=0, description="Sampling temperature of a class's first request; each re-ask adds 0.1, up to 1.0."
+    )
+    max_new_tokens: int = Field(512, ge=16, description="Tokens per answer; an answer cut off at it loses its last line.")
     timeout: float = Field(60.0, gt=0, description="Seconds per request.")
     max_retries: int = Field(3, ge=0, description="Extra requests per class after a failure or too few prompts.")
+    per_request: int | None = Field(
+        None, ge=1, description="Ask for at most this many prompts per request (a slow server, a small context); "
+        "default: all those still missing.",
+    )
+    min_per_class: int | None = Field(
+        None, ge=1, description="Go on with a warning when a class ends with fewer than per_class but at least this "
+        "many valid prompts; default: per_class, or 1 with generation.prompt_cycle: first (only the first is drawn).",
+    )
     instruction: str | None = Field(None, description="LLM instruction with {n} and {name}; default: LGCLIP's.")
     min_chars: int = Field(12, ge=1)
     max_chars: int = Field(300, ge=20)
+    max_tokens: int | None = Field(
+        None, ge=3, description="Reject LLM prompts longer than this many tokens of models.diffusion's CLIP tokenizer "
+        "(start and end tokens included; its text encoder reads 77 and cuts the rest); default: no limit.",
+    )
+    near_duplicate: float = Field(
+        0.97, gt=0, le=1, description="Drop a prompt this similar (difflib ratio of the lower-case text without "
+        "punctuation) to one already kept, as a near-duplicate (0.97: a changed letter or two); 1: only exact repeats.",
+    )
     cache_dir: Path | None = Field(None, description="Response cache; default: <output_dir>/prompts/cache.")
 
     @field_validator("api_key_env", mode="before")
@@ -225,9 +248,32 @@ class ClassifierConfig(Section):
     val: EvalDataConfig | None = Field(None, description="Validation data to choose alpha/beta and combine weight.")
 
 
+# Named fine-tuning recipes: the values a recipe gives the keys a config does not set itself (any
+# key set in a preset, a file or an override wins). `datadream` is the field defaults below.
+FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
+    # DataDream (Kim et al., ECCV 2024), as DIPSY fine-tunes: LoRA r 16 on q, k, v, out of both
+    # towers, AdamW 1e-4, warm-up then cosine, DISEF's augmentation, the epoch best on validation.
+    "datadream": {},
+    # CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024): LoRA r 2, alpha 1, dropout 0.25 on q, k, v of
+    # every layer of both encoders; AdamW 2e-4, weight decay 1e-2, batch 32, cosine decay to 1e-6
+    # without warm-up; 500 x shots iterations; random resized crop and flip only; the final weights.
+    "clip-lora": {
+        "lora_r": 2, "lora_alpha": 1, "lora_dropout": 0.25, "lora_targets": ["q_proj", "k_proj", "v_proj"],
+        "towers": ["vision", "text"], "lr": 2e-4, "weight_decay": 1e-2, "batch_size": 32, "min_lr": 1e-6,
+        "warmup_steps": 0, "iterations_per_shot": 500, "select": "last", "crop_scale": [0.08, 1.0],
+        "randaugment_ops": 0, "color_jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob": 0.0,
+        "solarize_prob": 0.0,
+    },
+}
+
+
 class FinetuneConfig(Section):
     """CLIP + LoRA fine-tuning on real and synthetic images (DIPSY Eq. 10)."""
 
+    recipe: Literal["datadream", "clip-lora"] = Field(
+        "datadream",
+        description="Named settings: datadream (DataDream / DIPSY) or clip-lora (CLIP-LoRA); keys set explicitly win.",
+    )
     lam: float = Field(0.8, ge=0, le=1, description="Weight of the real-image loss; 1 = real only, 0 = synthetic only.")
     lora_r: int = Field(16, ge=1)
     lora_alpha: float = Field(32, gt=0)
@@ -242,10 +288,19 @@ class FinetuneConfig(Section):
     lr: float = Field(1e-4, gt=0, lt=1)
     min_lr: float = Field(1e-8, ge=0, description="Learning rate at the end of the cosine schedule.")
     weight_decay: float = Field(0.01, ge=0)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="Training is cut into this many epochs (a checkpoint and validation each).")
     warmup_steps: int = Field(50, ge=0)
     steps_per_epoch: int | None = Field(
         None, ge=1, description="At most this many steps per epoch (quick runs); default: one pass over the data."
+    )
+    iterations: int | None = Field(
+        None, ge=1, description="Train for exactly this many steps in all (cycling the data), split over the epochs."
+    )
+    iterations_per_shot: int | None = Field(
+        None, ge=1, description="iterations = this x data.shots (CLIP-LoRA: 500); `iterations` wins when both are set."
+    )
+    select: Literal["val", "last"] = Field(
+        "val", description="The adapter kept: the epoch best on validation (the last without validation data), or the last."
     )
     batch_size: int = Field(32, ge=2, description="Images per step and process: half real, half synthetic.")
     eval_batch_size: int = Field(64, ge=1)
@@ -256,11 +311,45 @@ class FinetuneConfig(Section):
     randaugment_ops: int = Field(2, ge=0, description="RandAugment operations per image (0 = none).")
     randaugment_magnitude: int = Field(9, ge=0, le=30)
     color_jitter_prob: float = Field(0.8, ge=0, le=1)
+    grayscale_prob: float = Field(0.2, ge=0, le=1)
+    blur_prob: float = Field(0.2, ge=0, le=1)
+    solarize_prob: float = Field(0.2, ge=0, le=1)
     num_workers: int = Field(2, ge=0)
     log_every: int = Field(10, ge=1, description="Steps between lines of metrics.jsonl.")
     tensorboard: bool = False
     val: EvalDataConfig | None = None
     test: EvalDataConfig = Field(default_factory=EvalDataConfig)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _recipe_defaults(cls, data: Any, handler):
+        """Fill the keys the config leaves out from its recipe; they stay out of the fields the
+        config set (`model_fields_set`), so a sweep over `finetune.recipe` lets each run's recipe
+        fill them."""
+        if not isinstance(data, dict):
+            return handler(data)
+        values = FINETUNE_RECIPES.get(data.get("recipe", "datadream"), {})
+        config = handler({**values, **data})
+        config.__pydantic_fields_set__.difference_update(set(values) - set(data))
+        return config
+
+    @property
+    def recipe_keys(self) -> frozenset:
+        """The keys a recipe may set that the config left out (their values are the recipe's)."""
+        managed = {key for recipe in FINETUNE_RECIPES.values() for key in recipe}
+        return frozenset(managed - self.model_fields_set)
+
+    def total_iterations(self, shots: int) -> int | None:
+        """The number of training steps the config asks for, or None for epochs of one data pass."""
+        if self.iterations is not None:
+            return self.iterations
+        if self.iterations_per_shot is not None:
+            if shots < 1:
+                raise ConfigError(
+                    f"finetune.iterations_per_shot needs data.shots >= 1 (got {shots}): set finetune.iterations"
+                )
+            return self.iterations_per_shot * shots
+        return None
 
     @field_validator("batch_size")
     @classmethod
@@ -298,6 +387,16 @@ class RunConfig(Section):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     offline: bool = Field(False, description="Never touch the network (sets HF_HUB_OFFLINE).")
     stages: list[Stage] = Field(default_factory=lambda: list(DEFAULT_STAGES))
+    seeds: list[int] | None = Field(
+        None,
+        description="One run per seed in output_dir/seed=<n> (the seed and data.split_seed both set to it), "
+        "summarised as mean and standard deviation in the run's own results.json, table and plots.",
+    )
+    controls: list[Literal["real-only", "text-sd"]] = Field(
+        default_factory=list,
+        description="Control runs beside the method, in output_dir/controls/<name>: real-only (finetune.lam=1, no "
+        "synthetic image, the same recipe) and text-sd (generation.mode=text: Stable Diffusion from the text alone).",
+    )
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
@@ -306,6 +405,13 @@ class RunConfig(Section):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"seeds must be a non-empty list of distinct seeds, got {value}")
+        return value
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -80,6 +80,22 @@ def remove_stale_temporaries(*folders: str | os.PathLike) -> int:
     return removed
 
 
+def check_claimable(folder: str | os.PathLike, what: str, *, legacy: tuple[str, ...] = ()) -> None:
+    """The error `claim_folder` would raise, without creating anything (for processes that must
+    not write but must stop as the writer would)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"the {what} {quote(folder)} is a file, not a folder: choose another path")
+    if not folder.exists() or (folder / MARKER).is_dir() or any((folder / name).exists() for name in legacy):
+        return
+    entries = sorted(p for p in folder.iterdir())
+    if entries:
+        raise DataError(
+            f"the {what} {quote(folder)} already holds files synthshot did not write (e.g. {quote(entries[0].name)}): "
+            "synthshot never writes over them; choose a new or empty folder"
+        )
+
+
 def claim_folder(folder: str | os.PathLike, what: str, *, legacy: tuple[str, ...] = ()) -> Path:
     """Make `folder` synthshot's before writing into it, or refuse.
 
@@ -89,20 +105,34 @@ def claim_folder(folder: str | os.PathLike, what: str, *, legacy: tuple[str, ...
     and one of those files, so that nothing of theirs is ever overwritten or deleted.
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise DataError(f"the {what} {quote(folder)} is a file, not a folder: choose another path")
-    marker = folder / MARKER
-    if marker.is_dir() or any((folder / name).exists() for name in legacy):
-        marker.mkdir(exist_ok=True)
-        return folder
-    entries = sorted(folder.iterdir()) if folder.exists() else []
-    if entries:
-        raise DataError(
-            f"the {what} {quote(folder)} already holds files synthshot did not write (e.g. {quote(entries[0].name)}): "
-            "synthshot never writes over them; choose a new or empty folder"
-        )
-    marker.mkdir(parents=True, exist_ok=True)
+    check_claimable(folder, what, legacy=legacy)
+    (folder / MARKER).mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, echo=None) -> Iterator[None]:
+    """Hold an exclusive lock on a folder of synthshot's (`.synthshot/lock`) for the block: another
+    process asking for it (a sweep run of a job array writing the same shared set) waits until the
+    block ends, then finds the work done. A no-op where the OS has no `fcntl` locks."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process per folder is then the user's to ensure
+        yield
+        return
+    path = Path(folder) / MARKER / "lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if echo is not None:
+                echo(f"waiting for another synthshot process that writes into {folder}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def is_claimed(folder: str | os.PathLike) -> bool:

@@ -18,6 +18,11 @@
     }
 
 Entries are appended per (method, split); the test split is reported, never used to choose.
+
+A run with `seeds: [...]` writes one results.json per seed (`seed=<n>/`) and, in the run's own
+stage folders, their summary (`aggregate_seeds`): each entry's top-1 and balanced top-1 as the
+mean over the seeds with `top1_std` / `balanced_top1_std` (sample standard deviation) and
+`per_seed`, the per-class accuracies averaged and the confusion matrices summed.
 """
 
 from __future__ import annotations
@@ -93,3 +98,56 @@ def read_results(path: str | Path) -> dict:
 def find_results(folder: str | Path) -> list[Path]:
     """Every results.json under `folder` (a run or a sweep), sorted."""
     return sorted(Path(folder).rglob(RESULTS_FILE))
+
+
+def aggregate_seeds(per_seed: dict[int, dict]) -> dict[str, Any]:
+    """One results dict summarising the results of the same run made with several seeds: each
+    (method, split) entry found in every seed, with its metrics' mean and sample standard deviation
+    over the seeds. `per_seed` maps each seed to that seed's results dict (same stage)."""
+    import numpy as np
+
+    if not per_seed:
+        raise ValueError("no results to aggregate")
+    seeds = sorted(per_seed)
+    first = per_seed[seeds[0]]
+
+    def key(entry: dict) -> tuple[str, str]:
+        return str(entry.get("method")), str(entry.get("split"))
+
+    found = [{key(entry): entry for entry in per_seed[seed]["results"]} for seed in seeds]
+    entries = []
+    for name in [key(entry) for entry in first["results"]]:
+        if not all(name in seen for seen in found):
+            continue  # reported only when every seed has it
+        group = [seen[name] for seen in found]
+        metrics = [entry["metrics"] for entry in group]
+        summary: dict[str, Any] = {}
+        for field in ("top1", "balanced_top1"):
+            values = np.array([float(m[field]) for m in metrics])
+            summary[field] = float(values.mean())
+            summary[f"{field}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary["per_seed"] = {str(seed): float(m["top1"]) for seed, m in zip(seeds, metrics)}
+        counts = {m.get("num_images") for m in metrics}
+        summary["num_images"] = counts.pop() if len(counts) == 1 else float(np.mean([m["num_images"] for m in metrics]))
+        classes = metrics[0].get("classes")
+        if classes and all(m.get("classes") == classes for m in metrics):
+            summary["classes"] = classes
+            per_class = {}
+            for name_ in classes:
+                values = [m["per_class"].get(name_) for m in metrics if isinstance(m.get("per_class"), dict)]
+                values = [v for v in values if v is not None]
+                per_class[name_] = float(np.mean(values)) if values else None
+            summary["per_class"] = per_class
+            if all(isinstance(m.get("confusion"), list) for m in metrics):
+                summary["confusion"] = np.sum([np.array(m["confusion"]) for m in metrics], axis=0).tolist()
+            if all(isinstance(m.get("support"), dict) for m in metrics):
+                summary["support"] = {n: int(sum(m["support"].get(n, 0) for m in metrics)) for n in classes}
+        common = {k: v for k, v in group[0].get("params", {}).items()
+                  if all(entry.get("params", {}).get(k) == v for entry in group)}
+        selected = {entry.get("selected_on") for entry in group}
+        entries.append({"method": name[0], "split": name[1], "params": {**common, "seeds": seeds},
+                        "selected_on": selected.pop() if len(selected) == 1 else None, "metrics": summary})
+    run = {k: v for k, v in (first.get("run") or {}).items() if k not in ("test_set", "name")}
+    run["seeds"] = seeds
+    config = dict(first.get("config") or {})
+    return make_results(str(first.get("stage") or "?"), entries, run=run, config=config)

@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from synthshot.config import RunConfig, apply_override, validate_config, write_resolved_config
+from synthshot.distributed import is_main_process, launch, process_state
 from synthshot.errors import ConfigError, SynthshotError
 from synthshot.experiment import STATE_FILE, Experiment, synthetic_set_name
 from synthshot.io import MARKER, atomic_write_json, atomic_write_text, claim_folder, is_claimed, json_digest, parse_json, slugify
 
 SHARED = "shared"
+SPLIT_STAGES = frozenset({"generate", "features", "finetune"})  # split between the processes of a launch
+CONTROLS = "controls"
 
 
 def _select(tree: dict, dotted: str) -> Any:
@@ -76,12 +78,8 @@ def read_state(out: Path) -> dict[str, dict]:
     return state if isinstance(state, dict) else {}
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _write_state(exp: Experiment, update) -> None:
-    if not _is_main_process():
+    if not is_main_process():
         return
     state = read_state(exp.layout.out)
     update(state)
@@ -104,7 +102,12 @@ def run_stage(exp: Experiment, name: str, *, echo=print, **options) -> Any:
     exp.claim_output()
     _write_state(exp, lambda state: state.pop(name, None))
     started = time.perf_counter()
-    result = stage.run(exp, echo=echo, **options)
+    processes = process_state(exp.device) if launch().world > 1 else None
+    if processes is None or name in SPLIT_STAGES:
+        result = stage.run(exp, echo=echo, **options)
+    else:  # a stage that is not split between processes: the main process runs it, the others wait
+        result = stage.run(exp, echo=echo, **options) if processes.is_main_process else None
+        processes.wait_for_everyone()
     if stage.outputs_complete(exp):
         fingerprint = stage_fingerprints(exp)[name]
         record = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - started, 3),
@@ -161,6 +164,9 @@ def expand_sweep(config: RunConfig) -> list[RunConfig]:
     names: dict[str, str] = {}
     for combo in itertools.product(*(config.sweep[k] for k in keys)):
         tree = json.loads(json.dumps(base))
+        if "finetune.recipe" in keys:  # each run's recipe fills the keys the config leaves to it
+            for key in config.finetune.recipe_keys:
+                tree["finetune"].pop(key, None)
         for key, value in zip(keys, combo):
             apply_override(tree, key.split("."), value)
         name = run_name(keys, combo)
@@ -201,34 +207,111 @@ class SweepFailed(SynthshotError):
     """Some runs of a sweep failed (each is recorded; the others finished)."""
 
 
-def run(config: RunConfig, *, force: bool = False, echo=print) -> list[RunConfig]:
-    """Run a config, or every run of its sweep followed by one table of their results."""
+def seed_configs(run: RunConfig) -> list[RunConfig]:
+    """The runs of `run.seeds`: one per seed in `<run>/seed=<n>`, with the seed and the split seed
+    both set to it (new images and a new few-shot split each)."""
+    members = []
+    for seed in run.seeds or []:
+        tree = run.model_dump(mode="json")
+        tree.update(seeds=None, sweep=None, seed=seed, output_dir=str(Path(run.output_dir) / f"seed={seed}"),
+                    synthetic_dir=None)
+        tree["data"]["split_seed"] = seed
+        member = validate_config(tree, RunConfig, source=f"seed {seed} of {run.output_dir}")
+        if run.synthetic_dir is not None and Path(run.synthetic_dir).parent.name == SHARED:
+            member = member.model_copy(update={"synthetic_dir": Path(run.synthetic_dir).parent / synthetic_set_name(member)})
+        members.append(member)
+    return members
+
+
+def write_seed_summary(run: RunConfig) -> list[Path]:
+    """Summarise the seed runs of `run` (and of each control) in `run`'s own stage folders: mean and
+    standard deviation over the seeds that finished (see `results.aggregate_seeds`)."""
+    from synthshot.results import RESULTS_FILE, aggregate_seeds, read_results, write_results
+
+    written = []
+    members = seed_configs(run)
+    for sub in ["", *(f"{CONTROLS}/{name}" for name in run.controls)]:
+        for stage in ("evaluate", "finetune"):
+            found = {m.seed: Path(m.output_dir) / sub / stage / RESULTS_FILE for m in members}
+            present = {seed: read_results(path) for seed, path in found.items() if path.is_file()}
+            if present:
+                written.append(write_results(Path(run.output_dir) / sub / stage, aggregate_seeds(present)))
+    return written
+
+
+def control_config(run: RunConfig, name: str) -> RunConfig:
+    """The control `name` of a run, in `<run>/controls/<name>`: the same config but for what the
+    control changes (DIPSY Table 2 reports both beside the method).
+
+    - `real-only`: fine-tuning on the real images alone (finetune.lam=1, no synthetic image, the
+      same recipe); no similarity, no generation.
+    - `text-sd`: the images Stable Diffusion draws from the text prompt alone (generation.mode=text).
+    """
+    tree = run.model_dump(mode="json")
+    tree.update(controls=[], sweep=None, output_dir=str(Path(run.output_dir) / CONTROLS / name), synthetic_dir=None)
+    stages = [stage for stage in tree["stages"] if stage not in ("report", "similarity")]
+    if name == "real-only":
+        tree["finetune"]["lam"] = 1.0
+        stages = [stage for stage in stages if stage not in ("prompts", "generate")]
+    elif name == "text-sd":
+        tree["generation"]["mode"] = "text"
+    else:
+        raise ConfigError(f"unknown control {name!r}: use real-only or text-sd")
+    tree["stages"] = stages
+    control = validate_config(tree, RunConfig, source=f"control {name} of {run.output_dir}")
+    if name == "text-sd" and run.synthetic_dir is not None and Path(run.synthetic_dir).parent.name == SHARED:
+        control = control.model_copy(update={"synthetic_dir": Path(run.synthetic_dir).parent / synthetic_set_name(control)})
+    return control
+
+
+def plan_runs(config: RunConfig) -> list[tuple[str, RunConfig]]:
+    """Every run a config makes, in the order `run` runs them, each with its folder relative to
+    output_dir: the sweep's combinations (or the config itself), or each seed of each, each followed
+    by its controls. `--list-runs` prints it; `--run-index K` runs its K-th entry alone."""
+    out = Path(config.output_dir)
     runs = expand_sweep(config)
-    if not config.sweep:
+    planned = []
+    for one in runs:
+        for member in seed_configs(one) if one.seeds else [one]:
+            folder = Path(member.output_dir).relative_to(out)
+            planned.append((folder.as_posix(), member))
+            planned += [((folder / CONTROLS / name).as_posix(), control_config(member, name)) for name in member.controls]
+    return planned
+
+
+def run(config: RunConfig, *, force: bool = False, echo=print, run_index: int | None = None) -> list[RunConfig]:
+    """Run a config (and its controls), or every run of its sweep followed by one table of their
+    results; with `run_index`, only that entry of `plan_runs` (one task of a job array)."""
+    if run_index is not None:
+        return [run_one(config, run_index, force=force, echo=echo)]
+    runs = expand_sweep(config)
+    if not config.sweep and not config.controls and not config.seeds:
         run_stages(runs[0], force=force, echo=echo)
+        return runs
+    if not config.sweep and not config.seeds:  # the method, its controls, then one report of them all
+        main = runs[0]
+        run_stages(main.model_copy(update={"stages": [s for s in main.stages if s != "report"]}), force=force, echo=echo)
+        for name in main.controls:
+            echo(f"=== control {name}")
+            run_stages(control_config(main, name), force=force, echo=echo)
+        if "report" in main.stages:
+            run_stage(Experiment(main), "report", echo=echo)
         return runs
     from synthshot.report.collect import SWEEP_STATUS  # where the report reads the runs' status
 
     sweep_dir = claim_folder(Path(config.output_dir), "sweep output folder (output_dir)")
+    if config.seeds and not config.sweep:
+        runs = [config]  # the seed runs and their summary live in output_dir itself
     write_resolved_config(config, sweep_dir)
     status: dict[str, dict] = {}
-    for index, one in enumerate(runs, 1):
-        name = one.output_dir.name
-        echo(f"=== run {index}/{len(runs)}: {name}")
-        stages = [s for s in one.stages if s != "report"]
-        started = time.perf_counter()
-        try:
-            run_stages(one.model_copy(update={"stages": stages}), force=force, echo=echo)
-            status[name] = {"status": "done"}
-        except Exception as exc:  # a sweep never dies at one run: record it, go on
-            message = one_line(exc)
-            status[name] = {"status": "failed", "error": message}
-            # In the run's folder when it is synthshot's (a refused folder is never marked).
-            log = (one.output_dir if is_claimed(one.output_dir) else sweep_dir / MARKER / name) / MARKER / "failure.txt"
-            atomic_write_text(log, "".join(traceback.format_exception(exc)))
-            echo(f"run {name} failed: {message} (traceback: {log})")
-        status[name]["seconds"] = round(time.perf_counter() - started, 3)
+    planned = plan_runs(config)
+    for index, (name, one) in enumerate(planned, 1):
+        echo(f"=== run {index}/{len(planned)}: {name}")
+        status[name] = _run_recorded(one, name, sweep_dir, force=force, echo=echo)
         atomic_write_json(sweep_dir / SWEEP_STATUS, {"runs": status})
+    for one in runs:
+        if one.seeds:
+            write_seed_summary(one)
     echo(sweep_table(sweep_dir))
     failed = {name: s["error"] for name, s in status.items() if s["status"] == "failed"}
     if "report" in config.stages:
@@ -242,25 +325,80 @@ def run(config: RunConfig, *, force: bool = False, echo=print) -> list[RunConfig
             echo(f"no report: {one_line(exc)}")
     if failed:
         first = next(iter(failed))
-        raise SweepFailed(f"{len(failed)} of {len(runs)} sweep runs failed (first: {first}: {failed[first]}); the "
+        raise SweepFailed(f"{len(failed)} of {len(planned)} sweep runs failed (first: {first}: {failed[first]}); the "
                           f"others finished; see {sweep_dir / SWEEP_STATUS}")
     return runs
 
 
+def _run_recorded(one: RunConfig, name: str, sweep_dir: Path, *, force: bool, echo) -> dict:
+    """Run one run of a sweep without its report; return its status (done, or failed with its
+    one-line error, the traceback kept in the run's `.synthshot/failure.txt`)."""
+    started = time.perf_counter()
+    try:
+        run_stages(one.model_copy(update={"stages": [s for s in one.stages if s != "report"]}), force=force, echo=echo)
+        status = {"status": "done"}
+    except Exception as exc:  # a sweep never dies at one run: record it, go on
+        message = one_line(exc)
+        status = {"status": "failed", "error": message}
+        # In the run's folder when it is synthshot's (a refused folder is never marked).
+        log = (one.output_dir if is_claimed(one.output_dir) else sweep_dir / MARKER / name) / MARKER / "failure.txt"
+        atomic_write_text(log, "".join(traceback.format_exception(exc)))
+        echo(f"run {name} failed: {message} (traceback: {log})")
+    status["seconds"] = round(time.perf_counter() - started, 3)
+    return status
+
+
+def run_one(config: RunConfig, index: int, *, force: bool = False, echo=print) -> RunConfig:
+    """Run entry `index` of `plan_runs(config)` alone, as one task of a job array (SLURM, an indexed
+    Kubernetes job): its status goes to `<output_dir>/.synthshot/runs/<index>.json`, shared synthetic
+    sets are locked while a task writes them, and a seed summary is written once all its seeds are
+    there. `synthshot report OUTPUT_DIR` gathers the tasks at the end."""
+    from synthshot.report.collect import RUN_STATUS_DIR
+
+    planned = plan_runs(config)
+    if not 0 <= index < len(planned):
+        raise ConfigError(f"--run-index {index} does not exist: this config has runs 0 to {len(planned) - 1} "
+                          "(see --list-runs)")
+    name, one = planned[index]
+    sweep_dir = claim_folder(Path(config.output_dir), "sweep output folder (output_dir)")
+    write_resolved_config(config, sweep_dir)
+    echo(f"=== run {index + 1}/{len(planned)}: {name}")
+    status = _run_recorded(one, name, sweep_dir, force=force, echo=echo)
+    atomic_write_json(sweep_dir / RUN_STATUS_DIR / f"{index}.json", {"runs": {name: status}})
+    for group in expand_sweep(config) if config.sweep else [config]:
+        members = seed_configs(group) if group.seeds else []
+        if members and all(is_finished_run(m) for m in members):
+            write_seed_summary(group)
+    if status["status"] == "failed":
+        raise SweepFailed(f"run {name} failed: {status['error']}")
+    return one
+
+
+def is_finished_run(one: RunConfig) -> bool:
+    """Whether the run (and its controls) wrote the results of its evaluating stages."""
+    from synthshot.results import RESULTS_FILE
+
+    folders = [Path(one.output_dir), *(Path(one.output_dir) / CONTROLS / name for name in one.controls)]
+    stages = [s for s in ("evaluate", "finetune") if s in one.stages]
+    return all((folder / stage / RESULTS_FILE).is_file() for folder in folders for stage in stages)
+
+
 def sweep_table(folder: Path) -> str:
-    """One line per (run, method) with its test top-1, from every results.json under `folder`,
-    and one line per failed run."""
-    from synthshot.report.collect import failed_runs
-    from synthshot.results import find_results, read_results
+    """One line per (run, method) with its test top-1 (mean ± std over seeds where the run has
+    several), and one line per failed run."""
+    from synthshot.report.collect import collect_runs, failed_runs
 
     rows = []
-    for path in find_results(folder):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts):
-            continue
-        data = read_results(path)
-        for entry in data["results"]:
-            if entry["split"] == "test":
-                rows.append((path.parent.parent.name, entry["method"], f"{100 * entry['metrics']['top1']:6.2f}%"))
+    try:
+        runs = collect_runs(folder)
+    except SynthshotError:
+        runs = []
+    for one in runs:
+        for entry in one.entries:
+            if entry.split == "test" and entry.top1 is not None:
+                spread = entry.metrics.get("top1_std")
+                text = f"{100 * entry.top1:6.2f}%" + (f" ± {100 * spread:.2f}" if spread is not None else "")
+                rows.append((one.name, entry.method, text))
     rows += [(name, "FAILED", error) for name, error in failed_runs(folder).items()]
     if not rows:
         return f"no results under {folder} yet"

@@ -65,8 +65,9 @@ OPTIMIZER_STATE = "optimizer.safetensors"
 STATE_FORMAT = "synthshot-finetune-1"
 DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 # Settings a resumed run must share with the checkpoint, or it would not continue the same run.
-RESUME_KEYS = ("lam", "lr", "min_lr", "weight_decay", "epochs", "warmup_steps", "steps_per_epoch", "batch_size",
-               "augment", "crop_scale", "randaugment_ops", "randaugment_magnitude", "color_jitter_prob",
+RESUME_KEYS = ("lam", "lr", "min_lr", "weight_decay", "epochs", "warmup_steps", "steps_per_epoch", "iterations",
+               "iterations_per_shot", "batch_size", "augment", "crop_scale", "randaugment_ops",
+               "randaugment_magnitude", "color_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob",
                "text_templates")
 
 
@@ -225,10 +226,12 @@ def eval_loader(images, processor, batch_size: int, workers: int):
                                        batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
-def select_epoch(history: list[dict]) -> int:
-    """The epoch whose adapter is kept: best validation top-1 (the earliest on ties), or the last."""
+def select_epoch(history: list[dict], select: str = "val") -> int:
+    """The epoch whose adapter is kept: with `select="val"` the best validation top-1 (the
+    earliest on ties), the last when there is no validation; with `select="last"` the last. Test
+    data never chooses."""
     scored = [h for h in history if "val_top1" in h]
-    if not scored:
+    if select == "last" or not scored:
         return history[-1]["epoch"]
     return max(scored, key=lambda h: (h["val_top1"], -h["epoch"]))["epoch"]
 
@@ -251,7 +254,8 @@ def derive_seed(seed: int, epoch: int, rank: int) -> int:
 
 def result_params(settings, lora, chosen, total_steps, real, synthetic, templates, adapter) -> dict:
     return {
-        "lam": settings.lam, "epochs": settings.epochs, "selected_epoch": chosen, "steps": total_steps,
+        "recipe": settings.recipe, "lam": settings.lam, "epochs": settings.epochs, "selected_epoch": chosen,
+        "select": settings.select, "steps": total_steps,
         "lora_r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
         "lora_targets": list(lora.targets), "towers": list(lora.towers), "lr": settings.lr, "min_lr": settings.min_lr,
         "weight_decay": settings.weight_decay, "batch_size": settings.batch_size, "augment": settings.augment,

@@ -86,10 +86,12 @@ def _stream(count: int, length: int, seed: int, epoch: int, tag: int) -> list[in
     return [int(i) for i in np.concatenate([rng.permutation(count) for _ in range(cycles)])[:length]]
 
 
-def epoch_plan(num_real: int, num_synthetic: int, epoch: int, seed: int) -> list[tuple[int | None, int | None]]:
+def epoch_plan(num_real: int, num_synthetic: int, epoch: int, seed: int,
+               length: int | None = None) -> list[tuple[int | None, int | None]]:
     """The (real index, synthetic index) pairs of one epoch, in order: one pass over the larger
-    set, the smaller cycled. A set of size 0 gives None in its place (single-set training)."""
-    length = max(num_real, num_synthetic)
+    set, the smaller cycled (or `length` pairs, both sets cycled in fresh permutations). A set of
+    size 0 gives None in its place (single-set training)."""
+    length = max(num_real, num_synthetic) if length is None else length
     return list(zip(_stream(num_real, length, seed, epoch, REAL), _stream(num_synthetic, length, seed, epoch, SYNTHETIC)))
 
 
@@ -120,32 +122,20 @@ class AugmentSettings:
             randaugment_ops=settings.randaugment_ops,
             randaugment_magnitude=settings.randaugment_magnitude,
             color_jitter_prob=settings.color_jitter_prob,
+            grayscale_prob=settings.grayscale_prob,
+            blur_prob=settings.blur_prob,
+            solarize_prob=settings.solarize_prob,
         )
 
 
 def random_resized_crop_box(width: int, height: int, scale, ratio, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of a crop covering a random fraction `scale` of the area with a
-    random aspect ratio (log-uniform in `ratio`); torchvision's algorithm, centre crop fallback."""
-    area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = round(math.sqrt(target * aspect))
-        h = round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            left = int(rng.integers(0, width - w + 1))
-            top = int(rng.integers(0, height - h + 1))
-            return left, top, left + w, top + h
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        w, h = round(height * max(ratio)), height
-    else:
-        w, h = width, height
-    left, top = (width - w) // 2, (height - h) // 2
-    return left, top, left + w, top + h
+    """(left, top, right, bottom) of a crop covering a random fraction `scale` (a range) of the
+    area with a random aspect ratio (log-uniform in `ratio`): torchvision's RandomResizedCrop, the
+    same sampling as the multi-scale features (`features.multiscale.crop_box`)."""
+    from synthshot.features.multiscale import crop_box
+
+    left, top, right, bottom = crop_box(width, height, tuple(scale), rng, tuple(ratio))
+    return int(left), int(top), int(right), int(bottom)
 
 
 def _affine(image: Image.Image, matrix: tuple) -> Image.Image:
@@ -250,16 +240,18 @@ class TrainTransform:
 class PairedImages(torch.utils.data.Dataset):
     """Item k of epoch e: the k-th (real, synthetic) pair of `epoch_plan`, each image augmented
     with a generator seeded by (seed, e, k, stream). Call `set_epoch` before iterating; `limit`
-    keeps the first pairs of each epoch only (short epochs for quick runs)."""
+    keeps the first pairs of each epoch only (short epochs for quick runs); `length` makes every
+    epoch exactly that many pairs, cycling the data (a training length in iterations)."""
 
     def __init__(self, real: TrainImages, synthetic: TrainImages, transform: TrainTransform, seed: int,
-                 limit: int | None = None):
-        self.real, self.synthetic, self.transform, self.seed, self.limit = real, synthetic, transform, seed, limit
+                 limit: int | None = None, length: int | None = None):
+        self.real, self.synthetic, self.transform, self.seed = real, synthetic, transform, seed
+        self.limit, self.length = limit, length
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.plan = epoch_plan(len(self.real), len(self.synthetic), epoch, self.seed)[: self.limit]
+        self.plan = epoch_plan(len(self.real), len(self.synthetic), epoch, self.seed, self.length)[: self.limit]
 
     def __len__(self) -> int:
         return len(self.plan)

@@ -21,9 +21,13 @@ def text_logits(features: torch.Tensor, text_weights: torch.Tensor, scale: float
     return scale * features.float() @ text_weights.float().T
 
 
-def combined_logits(image_logits: torch.Tensor, txt_logits: torch.Tensor, weight: float) -> torch.Tensor:
-    """weight · softmax(image) + (1 - weight) · softmax(text): probabilities, so that the two
-    scores, which live on different scales (dot products vs scaled cosines), mix fairly."""
+def combined_logits(prototype_scores: torch.Tensor, txt_logits: torch.Tensor, weight: float,
+                    scale: float = CLIP_LOGIT_SCALE) -> torch.Tensor:
+    """weight · scale · P + (1 - weight) · T: the prototype classifier's scores P (dot products or
+    cosines of normalised features with the prototypes, exactly as it makes them) put on CLIP's
+    logit scale, the scale the text logits T already carry, then mixed as logits (as Tip-Adapter
+    mixes its cache and text logits). Mixing softmaxes instead would follow the text alone: the
+    softmax of raw dot products is nearly flat. weight 1 is the prototype classifier, 0 the text."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"combine weight must be in [0, 1], got {weight}")
-    return weight * image_logits.softmax(-1) + (1.0 - weight) * txt_logits.softmax(-1)
+    return weight * scale * prototype_scores.float() + (1.0 - weight) * txt_logits.float()

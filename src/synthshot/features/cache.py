@@ -107,6 +107,18 @@ class CachedFeatures:
     def with_content(self, sha256: str) -> int | None:
         return self._by_sha.get(sha256)
 
+    @classmethod
+    def merge(cls, caches: list[CachedFeatures]) -> CachedFeatures:
+        """One lookup over several caches of the same encoder and settings (e.g. the parts that
+        several processes computed); a path or content found twice keeps its first row."""
+        import torch
+
+        records = [record for cache in caches for record in cache.records]
+        merged = cls(caches[0].encoder, caches[0].settings, records, torch.cat([c.features for c in caches]))
+        merged._by_path = {r.path: i for i, r in reversed(list(enumerate(records)))}
+        merged._by_sha = {r.sha256: i for i, r in reversed(list(enumerate(records)))}
+        return merged
+
 
 def read_cache(cache: Path) -> CachedFeatures:
     """Read a cache pair; a missing, corrupt or inconsistent one is a DataError naming the file."""

@@ -36,7 +36,13 @@ from synthshot.features.cache import (
     stat_file,
     write_cache,
 )
-from synthshot.features.multiscale import ALL_SCALES, ASPECT_RATIO_RANGE, check_scales, combine_scales
+from synthshot.features.multiscale import (
+    ALL_SCALES,
+    ASPECT_RATIO_RANGE,
+    CROP_SAMPLING,
+    check_scales,
+    combine_scales,
+)
 
 logger = logging.getLogger("synthshot.features")
 
@@ -67,6 +73,7 @@ def feature_settings(multiscale: bool, scales: Sequence[int] = ALL_SCALES, seed:
         "scales": check_scales(scales),
         "seed": int(seed),
         "aspect_ratio_range": [float(v) for v in ASPECT_RATIO_RANGE],
+        "crop_sampling": CROP_SAMPLING,
         "weights": "s/sum(scales)",
     }
 
@@ -141,6 +148,7 @@ def extract_features(
     progress: bool = True,
     workers: int | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    reuse: Sequence[Path] = (),
 ) -> FeatureSet:
     """Features of image files, [N, D] in the order of `files`.
 
@@ -149,6 +157,8 @@ def extract_features(
     cache: a `<name>.safetensors` file (sidecar `<name>.json`); rows of unchanged files made by the
     same encoder with the same settings are reused, the rest computed, and the cache rewritten with
     exactly `files`. workers: image-decoding threads (default min(4, CPUs); 0 decodes inline).
+    reuse: other caches (same encoder and settings) whose rows are taken like the cache's own, e.g.
+    the parts several processes computed, merged into `cache` without encoding anything again.
     """
     from tqdm.auto import tqdm
 
@@ -164,6 +174,8 @@ def extract_features(
     # 1. What the cache already holds: unchanged paths first, then identical contents.
     cache = check_cache_path(cache) if cache is not None else None
     cached: CachedFeatures | None = load_reusable(cache, fingerprint, settings) if cache is not None else None
+    found = [c for c in (cached, *(load_reusable(check_cache_path(p), fingerprint, settings) for p in reuse)) if c]
+    cached = CachedFeatures.merge(found) if len(found) > 1 else (found[0] if found else None)
     rows: dict[int, Tensor] = {}
     shas: list[str | None] = [None] * len(files)
     if cache is not None:

@@ -1,25 +1,27 @@
 """LGCLIP's multi-scale image feature (DESIGN.md section 2):
 
-    for s in scales (default 1..10): a crop covering s/10 of the image area, at a seeded random
+    for s in scales (default 1..10): a crop of about s/10 of the image area, at a seeded random
     position and aspect ratio, resized to the encoder's input, encoded and L2-normalised -> z_s
     F = normalise(sum_s w_s z_s),  w_s = s / sum(scales)   (s/55 for 1..10)
 
-Crop geometry: the box's aspect ratio w/h is drawn log-uniformly from ASPECT_RATIO_RANGE (3/4 to
-4/3, the range torchvision's RandomResizedCrop uses) and then clipped to the ratios at which a box of
-that area fits inside the image, [a*W/H, W/(a*H)] for area fraction a; so s = 10 is always the
-whole image. Boxes are in float pixel coordinates (PIL resizes from a float box), which makes their
-area exactly a*W*H. Each (image, scale) has its own random stream, derived from the seed and the
-image's pixels: a crop never depends on the batch, the file's path, the order of the files or which
-other scales are asked for.
+Crop geometry: torchvision's `RandomResizedCrop.get_params` with scale (s/10, s/10) and ratio
+ASPECT_RATIO_RANGE (3/4 to 4/3), as the official code, reimplemented on a numpy generator. Up to 10
+attempts draw an area fraction and a log-uniform ratio r and round w = sqrt(A r), h = sqrt(A / r);
+the first box that fits is placed at a uniform integer position; after 10 misses the box is the
+centre crop of the image clipped to the ratio range (the whole image when W/H is in range). So a
+box's area is s/10 of the image up to rounding, except for fallbacks, and s = 10 is the whole image
+only for images whose ratio is in range (up to rounding). Each (image, scale) has its own random
+stream, derived from the seed and the image's pixels: a crop never depends on the batch, the
+file's path, the order of the files or which other scales are asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import random
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -27,6 +29,8 @@ from torch import Tensor
 from synthshot.errors import ConfigError
 
 ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+# Recorded in the feature cache's settings, so caches made with another crop sampler are recomputed.
+CROP_SAMPLING = "random-resized-crop"
 ALL_SCALES = tuple(range(1, 11))
 
 Box = tuple[float, float, float, float]  # (left, upper, right, lower), PIL's order
@@ -77,33 +81,51 @@ def crop_seed(seed: int, image: Image.Image) -> int:
 
 
 def crop_box(
-    width: float,
-    height: float,
-    area: float,
-    rng: random.Random,
+    width: int,
+    height: int,
+    area: float | tuple[float, float],
+    rng: np.random.Generator,
     aspect_ratio_range: tuple[float, float] = ASPECT_RATIO_RANGE,
 ) -> Box:
-    """A box of area `area * width * height` inside the image, at a random position and aspect ratio.
+    """A box of a random fraction `area` of the image (a number, or a (low, high) range drawn
+    uniformly) at a random position and aspect ratio: torchvision's `RandomResizedCrop.get_params`
+    drawing from `rng`, in integer pixels (as floats).
 
-    The ratio w/h is log-uniform in `aspect_ratio_range`, clipped to [area*W/H, W/(area*H)] where
-    a box of that area fits.
+    Each of up to 10 attempts draws the area fraction, then log(w/h) uniformly in the log of
+    `aspect_ratio_range`, and rounds w = sqrt(A r), h = sqrt(A / r); the first box that fits is
+    placed at a uniform top, then left. If none fits, the centre crop: the whole image if W/H is in
+    the ratio range, else the full short side with the long one cut to the nearest ratio bound.
     """
-    if not 0 < area <= 1:
+    low_area, high_area = (area, area) if isinstance(area, (int, float)) else area
+    if not 0 < low_area <= high_area <= 1:
         raise ValueError(f"crop area fraction must be in (0, 1], got {area}")
     low, high = aspect_ratio_range
-    target = area * width * height
-    ratio = math.exp(rng.uniform(math.log(low), math.log(high)))
-    ratio = min(max(ratio, area * width / height), width / (area * height))
-    w = min(math.sqrt(target * ratio), width)
-    h = min(math.sqrt(target / ratio), height)
-    # Both draws happen whatever the clipping, so each scale's stream has a fixed shape.
-    left = rng.uniform(0.0, width - w)
-    upper = rng.uniform(0.0, height - h)
-    return (left, upper, left + w, upper + h)
+    image_area = width * height
+    log_low, log_high = math.log(low), math.log(high)
+    for _ in range(10):
+        target = image_area * float(rng.uniform(low_area, high_area))
+        ratio = math.exp(float(rng.uniform(log_low, log_high)))
+        w = int(round(math.sqrt(target * ratio)))
+        h = int(round(math.sqrt(target / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return (float(left), float(top), float(left + w), float(top + h))
+    in_ratio = float(width) / float(height)
+    if in_ratio < min(low, high):
+        w = width
+        h = int(round(w / min(low, high)))
+    elif in_ratio > max(low, high):
+        h = height
+        w = int(round(h * max(low, high)))
+    else:
+        w, h = width, height
+    top, left = (height - h) // 2, (width - w) // 2
+    return (float(left), float(top), float(left + w), float(top + h))
 
 
 def crop_boxes(width: int, height: int, scales: Sequence[int], seed: int) -> list[Box]:
-    """One box per scale (in the order given), each covering s/10 of the image; `seed` is the
+    """One box per scale (in the order given), each of about s/10 of the image; `seed` is the
     image's crop seed (`crop_seed`)."""
     check_scales(scales)
-    return [crop_box(width, height, s / 10, random.Random(_derive(seed, s))) for s in scales]
+    return [crop_box(width, height, s / 10, np.random.default_rng(_derive(seed, s))) for s in scales]

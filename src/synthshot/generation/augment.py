@@ -6,14 +6,18 @@ the adapters never see the same few-shot image twice in exactly the same way:
 1. horizontal flip with probability 0.5;
 2. a random square crop of side min(W, H) at a random position;
 3. a rotation by an angle uniform in [-20°, 20°] about the centre, without expanding the canvas
-   (bicubic resampling, corners filled black);
-4. a centre crop of side floor(side / √2), which removes the black corners.
+   (PIL's default nearest-neighbour resampling, as the official `Image.rotate(angle)`; corners
+   filled black);
+4. a centre crop of side floor(side / √2) at offset floor((side - crop) / 2) on each axis, which
+   removes the black corners.
 
 Step 4 follows the official code, `CenterCrop(int(max(size) / sqrt(2)))` applied after
 `RandomRotation(expand=False)` to the square crop: the sizes are those of the image *at that point*,
 the side x side square, so max(W, H) = side. (Using the original image's larger side instead would
 ask for a crop larger than the square on non-square inputs and pad it with black.) A centred
-square of side side/√2 stays inside the rotated square whatever the angle, so no fill shows.
+square of side side/√2 stays inside the rotated square whatever the angle, so no fill shows. The
+offsets are floored as in the official code (torchvision's `CenterCrop` would round instead: a
+one-pixel shift for some sizes).
 
 Sampling (`sample_augment_params`) is kept apart from applying (`apply_augment`) so that both can be
 tested on their own, and the draw depends only on the rng state and the image size.
@@ -98,10 +102,11 @@ def apply_augment(image: Image.Image, params: AugmentParams) -> Image.Image:
         image = ImageOps.mirror(image)
     image = image.crop((params.crop_left, params.crop_top, right, bottom))
     if params.angle != 0:
-        image = image.rotate(params.angle, resample=Image.Resampling.BICUBIC, expand=False)
-    # torchvision's CenterCrop offsets: round((size - crop) / 2) on each axis.
+        # PIL's default resampling (NEAREST), as the official `Image.rotate(angle)`.
+        image = image.rotate(params.angle, resample=Image.Resampling.NEAREST, expand=False)
+    # The official centre crop's offsets: floor((size - crop) / 2) on each axis.
     side, crop = params.crop_size, params.center_crop_size
-    offset = int(round((side - crop) / 2.0))
+    offset = (side - crop) // 2
     return image.crop((offset, offset, offset + crop, offset + crop))
 
 

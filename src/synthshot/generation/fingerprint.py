@@ -52,6 +52,8 @@ def image_settings(config) -> dict:
         settings["negatives"] = {"sampling": sim.sampling}
         if sim.sampling == "similarity":
             settings["negatives"].update(method=sim.method, temperature=sim.temperature, clip=models.clip)
+            if sim.method == "class_mean":  # the official form since similarity format 2
+                settings["negatives"]["formula"] = "mean of raw embeddings"
     return settings
 
 

@@ -164,6 +164,8 @@ def _collect_finished(out_dir: Path, records: list[dict], report: ReconcileRepor
             continue
         if item_id in report.finished:
             report.duplicates.append(item_id)
+            logger.warning("%s: item %r is recorded more than once (made twice?): the first record is kept",
+                           manifest, item_id)
             continue
         if _own_file(record) is None:
             report.invalid_records += 1

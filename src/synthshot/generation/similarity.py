@@ -36,10 +36,14 @@ from synthshot.io import atomic_write_bytes, atomic_write_text, parse_json
 if TYPE_CHECKING:
     from PIL import Image
 
-SimilarityMethod = Literal["class_mean", "pairwise_mean"]
+SimilarityMethod = Literal["class_mean", "normalized_mean", "pairwise_mean"]
+SIMILARITY_METHODS = ("class_mean", "normalized_mean", "pairwise_mean")
 Sampling = Literal["similarity", "uniform"]
 
 SIMILARITY_FILE = "similarity.safetensors"
+# 2: `class_mean` averages the raw embeddings (the official code); files without it (1) averaged
+# normalised ones, what `normalized_mean` is now, so they are computed again.
+SIMILARITY_FORMAT = 2
 NEGATIVES_FILE = "negatives.csv"
 TOP_NEGATIVES_IN_CSV = 5
 
@@ -60,8 +64,11 @@ def class_similarity(
 
     `embeddings[c]` is a [n_c, D] tensor of the image embeddings of class c (n_c >= 1).
 
-    - `class_mean` (the official DIPSY code, default): normalise every embedding, average them per
-      class, normalise the mean, and take cosines: S[a, b] = cos(mean_a, mean_b). S[a, a] = 1.
+    - `class_mean` (the official DIPSY code, default): average the raw embeddings of each class,
+      then take cosines of the means: S[a, b] = cos(mean_a, mean_b). An image whose embedding is
+      longer weighs more in its class's mean. S[a, a] = 1.
+    - `normalized_mean`: normalise every embedding first, then average and take cosines (every
+      image weighs the same; synthshot's default before it matched the official code).
     - `pairwise_mean` (the paper's prose): S[a, b] = mean over all pairs (i in a, j in b) of
       cos(x_i, x_j). For a == b the i == j pairs (cosine 1) are included, so S[a, a] is the mean
       of the full n_a x n_a cosine matrix: 1 only when all images of a embed alike, and it does
@@ -71,10 +78,8 @@ def class_similarity(
 
     Returns a symmetric float32 tensor on the CPU.
     """
-    if method not in ("class_mean", "pairwise_mean"):
-        raise ConfigError(
-            f"similarity.method {method!r} is unknown: use 'class_mean' or 'pairwise_mean'"
-        )
+    if method not in SIMILARITY_METHODS:
+        raise ConfigError(f"similarity.method {method!r} is unknown: use one of {', '.join(SIMILARITY_METHODS)}")
     if len(embeddings) == 0:
         raise DataError("no classes to compare: the split has no class with images")
     dims = {tuple(e.shape[1:]) for e in embeddings}
@@ -86,10 +91,11 @@ def class_similarity(
             raise DataError(f"class number {index} has no image embeddings: give it images")
 
     # float64 so that the diagonal and symmetry hold to float32 precision after the cast back.
-    means = torch.stack(
-        [F.normalize(e.detach().cpu().double(), dim=-1).mean(dim=0) for e in embeddings]
-    )
-    if method == "class_mean":
+    rows = [e.detach().cpu().double() for e in embeddings]
+    if method != "class_mean":
+        rows = [F.normalize(e, dim=-1) for e in rows]
+    means = torch.stack([e.mean(dim=0) for e in rows])
+    if method != "pairwise_mean":
         means = F.normalize(means, dim=-1)
     similarity = means @ means.T
     similarity = (similarity + similarity.T) / 2  # exact symmetry despite rounding
@@ -217,6 +223,7 @@ class SimilarityResult:
     temperature: float = 0.4
     sampling: str = "similarity"
     model_id: str | None = None
+    format: int = SIMILARITY_FORMAT
 
     def __post_init__(self) -> None:
         num_classes = len(self.classes)
@@ -255,6 +262,7 @@ class SimilarityResult:
             "method": self.method,
             "temperature": repr(float(self.temperature)),
             "sampling": self.sampling,
+            "format": str(self.format),
         }
         if self.model_id is not None:
             metadata["model_id"] = self.model_id
@@ -317,6 +325,7 @@ class SimilarityResult:
                 temperature=float(metadata["temperature"]),
                 sampling=metadata["sampling"],
                 model_id=metadata.get("model_id"),
+                format=int(metadata.get("format", "1")),
             )
         except (ValueError, DataError) as exc:
             raise DataError(f"{path} is not a valid similarity file ({exc}): delete it and rerun `synthshot similarity`") from None

@@ -29,10 +29,16 @@ class BackendUnavailable(Exception):
     a body that is not the protocol's JSON."""
 
 
+class BackendTimeout(BackendUnavailable):
+    """No answer within prompts.timeout (the server may still be working on the request)."""
+
+
 class ChatBackend(Protocol):
     describe: str  # "LLM endpoint http://...", for messages
 
-    def complete(self, messages: list[dict[str, str]], *, seed: int) -> Completion: ...
+    def complete(
+        self, messages: list[dict[str, str]], *, seed: int, temperature: float | None = None
+    ) -> Completion: ...
 
 
 # The name of an environment variable (POSIX shells accept no other).

@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from synthshot.errors import DataError, ModelError
+from synthshot.errors import ConfigError, DataError, ModelError
 from synthshot.io import atomic_write_json, parse_json
 from synthshot.prompts.cache import PromptCache, cache_key
-from synthshot.prompts.instruction import asks_class_first, instruction_template
-from synthshot.prompts.parse import check_prompt
+from synthshot.prompts.instruction import class_form, instruction_template
+from synthshot.prompts.parse import normalise, select_prompts
 from synthshot.prompts.templates import dataset_templates, template_prompts
 
 if TYPE_CHECKING:
@@ -21,6 +22,43 @@ if TYPE_CHECKING:
     from synthshot.models.hub import HubOptions
 
 PROMPTS_FILE = "prompts.json"
+_OR = re.compile(r"\s+or\s+")
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_NUMBER_PREFIX = re.compile(r"^\d+[._\- ]+")
+
+
+def class_aliases(key: str, name: str, dataset: str | None = None) -> tuple[str, ...]:
+    """Other names an LLM may give class `name` (key `key`) in a prompt, accepted like the name.
+
+    The registry has no field for this, so they are derived: with a registry `dataset`, the
+    class's published name ("Highway", "AnnualCrop") and that name split at its capitals ("Annual
+    Crop"), and its folder spellings, when they have letters and no "/" (not "1" or "n01440764" or
+    SUN397's "/a/abbey"); for any class, each part of an "X or Y" name ("Highway", "Road"; not
+    within brackets). Names equal to `name` after `normalise` are left out."""
+    found: list[str] = []
+    if dataset is not None:
+        from synthshot.data.registry import get_dataset
+
+        try:
+            entry = get_dataset(dataset).match_folder(key)
+        except DataError:
+            entry = None
+        if entry is not None and normalise(entry.name) == normalise(name):
+            for spelling in (entry.official, *entry.aliases):
+                spelling = _NUMBER_PREFIX.sub("", spelling.strip())
+                if "/" in spelling or sum(c.isalpha() for c in spelling) < 2:
+                    continue
+                found += [spelling, _CAMEL.sub(" ", spelling)]
+    parts = [p.strip() for p in _OR.split(name.strip())]
+    if len(parts) > 1 and all(parts) and not any(c in name for c in "()[]"):  # not "hat (bearskin or shako)"
+        found += parts
+    seen = {normalise(name)}
+    aliases = []
+    for alias in found:
+        if normalise(alias) and normalise(alias) not in seen:
+            seen.add(normalise(alias))
+            aliases.append(alias)
+    return tuple(aliases)
 
 
 def check_class_names(class_names: dict[str, str]) -> None:
@@ -44,13 +82,17 @@ def write_class_prompts(
     echo: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
     backoff: float = 1.0,
+    diffusion: str | None = None,
 ) -> dict[str, list[str]]:
-    """Write `out_dir/prompts.json` with `settings.per_class` prompts per class key and return them.
+    """Write `out_dir/prompts.json` with `settings.per_class` prompts per class key and return them
+    (an LLM class may have fewer, down to `settings.min_per_class`, with a warning).
 
-    `class_names` maps each class key (folder name) to the name used in prompts. LLM answers are
+    `class_names` maps each class key (folder name) to the name used in prompts; a prompt may also
+    name the class by one of its `class_aliases` (from the registry `dataset`). LLM answers are
     cached in `settings.cache_dir` (default `out_dir/cache`) after every answer, so a failure keeps
     the classes already done and a rerun asks only for what is missing. `sleep` and `backoff` (the
-    first retry delay in seconds, doubled after each failure in a row) pace retries.
+    first retry delay in seconds, doubled after each failure in a row) pace retries. `diffusion`
+    (models.diffusion) gives the tokenizer `settings.max_tokens` counts in.
     """
     out_dir = Path(out_dir)
     check_class_names(class_names)
@@ -60,31 +102,53 @@ def write_class_prompts(
         prompts = {key: template_prompts(name.strip(), n, templates) for key, name in class_names.items()}
         source = f"templates of {dataset}" if dataset else "generic photo templates"
     else:
-        prompts, source = _llm_prompts(settings, class_names, out_dir, hub_options, device, echo, sleep, backoff)
+        prompts, source = _llm_prompts(
+            settings, class_names, out_dir, hub_options, device, echo, sleep, backoff, dataset, diffusion
+        )
     path = out_dir / PROMPTS_FILE
     atomic_write_json(path, prompts)
-    echo(f"prompts: {n} per class for {len(prompts)} classes ({source}) -> {path}")
+    short = sum(len(p) < n for p in prompts.values())
+    fewer = f", {short} classes with fewer (prompts.min_per_class)" if short else ""
+    echo(f"prompts: {n} per class for {len(prompts)} classes ({source}{fewer}) -> {path}")
     return prompts
 
 
-def _llm_prompts(settings, class_names, out_dir, hub_options, device, echo, sleep, backoff):
+def _llm_prompts(settings, class_names, out_dir, hub_options, device, echo, sleep, backoff, dataset, diffusion):
     from synthshot.prompts.backends import check_llm_settings, make_backend
     from synthshot.prompts.llm import ask_for_prompts
 
     check_llm_settings(settings)
     n = settings.per_class
     instruction = instruction_template(settings.instruction)
+    count_tokens = None
+    if settings.max_tokens is not None:
+        if not diffusion:
+            raise ConfigError(
+                "prompts.max_tokens counts tokens with the text-to-image model's tokenizer, but no models.diffusion "
+                "was given: run the prompts stage from a config, or unset prompts.max_tokens"
+            )
+        from synthshot.prompts.tokens import diffusion_token_counter
+
+        count_tokens = diffusion_token_counter(diffusion, hub_options)
     cache = PromptCache(settings.cache_dir or out_dir / "cache")
-    bounds = {"min_chars": settings.min_chars, "max_chars": settings.max_chars}
-    class_first = asks_class_first(instruction)
+    checks = {
+        "min_chars": settings.min_chars,
+        "max_chars": settings.max_chars,
+        "class_first": class_form(instruction) or False,
+        "max_tokens": settings.max_tokens,
+        "count_tokens": count_tokens,
+    }
+    limits = {"max_new_tokens": settings.max_new_tokens, "timeout": settings.timeout}
     backend = None  # loaded only when some class is not cached
     prompts: dict[str, list[str]] = {}
     cached = 0
     for key, name in class_names.items():
         name = name.strip()
+        aliases = class_aliases(key, name, dataset)
         entry = cache_key(settings.backend, settings.model, name, instruction, n)
-        # Cached prompts are checked again: the length bounds may have changed since.
-        have = [p for p in cache.get(entry) if check_prompt(p, name, **bounds, class_first=class_first) is None]
+        stored, seeds = cache.load(entry)
+        # Cached prompts are checked again: the bounds, the limits or the aliases may have changed since.
+        have = select_prompts(stored, name, near_duplicate=settings.near_duplicate, aliases=aliases, **checks).prompts
         if len(have) >= n:
             prompts[key] = have[:n]
             cached += 1
@@ -99,17 +163,28 @@ def _llm_prompts(settings, class_names, out_dir, hub_options, device, echo, slee
                 instruction,
                 max_retries=settings.max_retries,
                 have=have,
-                on_answer=lambda kept, entry=entry: cache.put(entry, kept, complete=len(kept) >= n),
+                on_answer=lambda kept, sent, entry=entry: cache.put(entry, kept, complete=len(kept) >= n, seeds=sent),
                 sleep=sleep,
                 backoff=backoff,
-                **bounds,
+                min_count=settings.min_per_class,
+                per_request=settings.per_request,
+                temperature=settings.temperature,
+                first_attempt=len(seeds),
+                seeds=seeds,
+                limits=limits,
+                near_duplicate=settings.near_duplicate,
+                aliases=aliases,
+                min_chars=checks["min_chars"],
+                max_chars=checks["max_chars"],
+                max_tokens=checks["max_tokens"],
+                count_tokens=count_tokens,
             )
         except ModelError as exc:
             raise ModelError(
                 f"{exc} ({len(prompts)} of {len(class_names)} classes are done and cached in {cache.folder}; "
                 "a rerun asks only for the rest)"
             ) from exc
-        echo(f"prompts: {key}: {n} prompts from {backend.describe}")
+        echo(f"prompts: {key}: {len(prompts[key])} prompts from {backend.describe}")
     what = backend.describe if backend is not None else f"{settings.backend} {settings.model}"
     return prompts, f"{what}, {cached} classes from the cache"
 

@@ -3,6 +3,8 @@ varied in viewpoint, one per line and without numbering."""
 
 from __future__ import annotations
 
+import re
+
 from synthshot.errors import ConfigError
 
 SYSTEM_MESSAGE = "You write short, concrete visual descriptions that a text-to-image model can draw."
@@ -29,25 +31,43 @@ def instruction_template(instruction: str | None) -> str:
     return template
 
 
+# The form an instruction quotes: "{name}, which has ..." in double, single, curly or no quotes
+# (unquoted, it must end in an ellipsis: "Describe {name}, then ..." is no form). The part after
+# {name} runs to the closing quote, a line end or a brace.
+_FORM = re.compile(r"""(?P<quote>["'“‘«`]?)\{name\}(?P<rest>\s*,[^"'”’»`\n{]*)""")
+_ELLIPSIS = re.compile(r"\.\.\.|…")
+
+
+def class_form(template: str) -> str | None:
+    """What the instruction asks every prompt to begin with after the class name, e.g. ", which has"
+    for '... of the form "{name}, which has ..."', or None when it quotes no such form."""
+    for match in _FORM.finditer(template):
+        rest = match.group("rest")
+        ellipsis = _ELLIPSIS.search(rest)
+        if ellipsis is None and not match.group("quote"):
+            continue
+        lead = " ".join(rest[: ellipsis.start() if ellipsis else len(rest)].split())
+        return lead.rstrip(" .;:") or ","
+    return None
+
+
 def asks_class_first(template: str) -> bool:
     """Whether the instruction asks for prompts that begin with the class name (it quotes a form
-    such as "{name}, which has ..."): answers are then held to it."""
-    return '"{name}' in template
+    such as "{name}, which has ..."): answers are then held to it (see `class_form`)."""
+    return class_form(template) is not None
 
 
-def render_instruction(template: str, name: str, n: int, have: list[str] = ()) -> str:
-    """The instruction for one request: `n` more prompts for class `name`, listing those already
-    written (a follow-up request) so that the model writes different ones."""
+def render_instruction(template: str, name: str, n: int) -> str:
+    """The instruction for one request: `n` prompts for class `name`. A follow-up request asks the
+    same way for the prompts still missing; it lists none of those kept, which small models copy
+    back: another seed (and temperature) makes its answer differ."""
     # str.replace, not str.format: a user's instruction may hold other braces.
-    text = template.replace("{n}", str(n)).replace("{name}", name)
-    if have:
-        text += "\nThese descriptions are already written; write new ones that differ from them:\n" + "\n".join(have)
-    return text
+    return template.replace("{n}", str(n)).replace("{name}", name)
 
 
-def build_messages(template: str, name: str, n: int, have: list[str] = ()) -> list[dict[str, str]]:
+def build_messages(template: str, name: str, n: int) -> list[dict[str, str]]:
     """The chat messages of one request (OpenAI format)."""
     return [
         {"role": "system", "content": SYSTEM_MESSAGE},
-        {"role": "user", "content": render_instruction(template, name, n, have)},
+        {"role": "user", "content": render_instruction(template, name, n)},
     ]

@@ -49,16 +49,18 @@ class LocalLMBackend:
             merged = [{"role": "user", "content": "\n\n".join(m["content"] for m in messages)}]
             return self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
 
-    def complete(self, messages: list[dict[str, str]], *, seed: int = 0) -> Completion:
+    def complete(
+        self, messages: list[dict[str, str]], *, seed: int = 0, temperature: float | None = None
+    ) -> Completion:
+        """One answer, sampled with `seed` at `temperature` (default: the configured one; 0: greedy)."""
         import torch
 
         text = self.render(messages)
         # A chat template writes the special tokens (BOS, ...) itself.
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=not self.has_chat_template)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        sampling = (
-            {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
-        )
+        temperature = self.temperature if temperature is None else temperature
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         devices = [] if self.device == "cpu" else None
         # Seeded per request, without disturbing the caller's random state.

@@ -12,16 +12,21 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import json
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
 
 from synthshot.errors import ConfigError, ModelError
-from synthshot.prompts.backends import BackendUnavailable, Completion
+from synthshot.prompts.backends import BackendTimeout, BackendUnavailable, Completion
 
 # Statuses worth another request: timeouts, conflicts, rate limits and server-side failures.
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
 SNIPPET = 200
+# An error body saying the request does not fit the model's context, whatever the status (llama.cpp:
+# "the request exceeds the available context size" (HTTP 400 or 500), "context shift is disabled";
+# vLLM and OpenAI: "maximum context length is ..."): another request would fail the same way.
+CONTEXT_ERROR = re.compile(r"context[ _-]?(?:size|length|window|shift)|exceed_context|n_ctx", re.IGNORECASE)
 
 
 def chat_url(base_url: str) -> str:
@@ -81,12 +86,16 @@ class OpenAIChatBackend:
     def _mask(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    def _request(self, messages: list[dict[str, str]]) -> urllib.request.Request:
+    def _request(
+        self, messages: list[dict[str, str]], seed: int, temperature: float | None = None
+    ) -> urllib.request.Request:
         body = {
             "model": self.model,
             "messages": messages,
-            "temperature": self.temperature,
+            "temperature": self.temperature if temperature is None else temperature,
             "max_tokens": self.max_tokens,
+            # Reproducible answers where the server honours it (llama.cpp, vLLM, Ollama, OpenAI).
+            "seed": seed,
             "stream": False,
         }
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -94,8 +103,10 @@ class OpenAIChatBackend:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
 
-    def complete(self, messages: list[dict[str, str]], *, seed: int = 0) -> Completion:
-        request = self._request(messages)
+    def complete(
+        self, messages: list[dict[str, str]], *, seed: int = 0, temperature: float | None = None
+    ) -> Completion:
+        request = self._request(messages, seed, temperature)
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
                 raw = response.read()
@@ -103,22 +114,29 @@ class OpenAIChatBackend:
             raise self._http_error(exc) from None
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError):
-                raise BackendUnavailable(f"no answer within {self.timeout:g} s") from None
+                raise BackendTimeout(f"no answer within {self.timeout:g} s") from None
             raise BackendUnavailable(f"cannot connect ({self._mask(str(exc.reason))})") from None
         except TimeoutError:
-            raise BackendUnavailable(f"no answer within {self.timeout:g} s") from None
+            raise BackendTimeout(f"no answer within {self.timeout:g} s") from None
         except (OSError, http.client.HTTPException) as exc:
             raise BackendUnavailable(f"connection failed ({exc.__class__.__name__}: {self._mask(str(exc))})") from None
         return self._parse(raw)
 
     def _http_error(self, exc: urllib.error.HTTPError) -> Exception:
         try:
-            detail = self._mask(exc.read().decode("utf-8", "replace").strip())[:SNIPPET]
+            body = self._mask(exc.read().decode("utf-8", "replace").strip())
         except OSError:
-            detail = ""
+            body = ""
+        detail = body[:SNIPPET]
         status = f"HTTP {exc.code}" + (f": {detail}" if detail else "")
         if 300 <= exc.code < 400:
             return self._redirect_error(exc)
+        if exc.code in {400, 413, 500} and CONTEXT_ERROR.search(body):
+            return ModelError(
+                f"{self.describe} cannot fit the request in the model's context ({status}): raise the server's "
+                "context size (llama.cpp: --ctx-size; vLLM: --max-model-len; Ollama: num_ctx), or lower "
+                f"prompts.max_new_tokens (now {self.max_tokens}) or prompts.per_request"
+            )
         if exc.code in RETRY_STATUSES or exc.code >= 500:
             return BackendUnavailable(status)
         if exc.code in {401, 403}:

@@ -1,17 +1,28 @@
 """From an LLM's answer to clean class prompts: pure functions, no I/O.
 
 An answer is split into candidate lines (or read as a JSON list when it is one), each line is
-cleaned of list and markdown decoration (numbering, bullets, emphasis, quotes), checked (non-empty,
-mentions the class, within the length bounds, not a heading such as "Here are 10 descriptions:")
-and de-duplicated against the prompts already kept.
+cleaned of list and markdown decoration (numbering, bullets, emphasis, quotes, brackets), checked
+(non-empty, not a heading such as "Here are 10 descriptions:", mentions the class or one of its
+aliases, of the instruction's form, within the length bounds and the token limit) and
+de-duplicated against the prompts already kept: exact repeats after `normalise`, and
+near-duplicates whose normalised texts have a difflib ratio of at least `NEAR_DUPLICATE`.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+# Two prompts whose normalised texts have a difflib ratio (2 x matching characters / total) of at
+# least this are near-duplicates: a changed letter or two ("It's on the shore" / "It's in the
+# shore" in an 80-character prompt: 0.99). A changed word scores below it in prompts of up to
+# about 120 characters ("seen from the front" / "seen from the side": 0.92 at 60, 0.97 at 140).
+NEAR_DUPLICATE = 0.97
+CUT_OFF = "cut off at prompts.max_new_tokens"
 
 _FENCE = re.compile(r"^\s*```[\w-]*\s*$")
 # Reasoning models may think aloud before answering.
@@ -27,6 +38,9 @@ _BULLET = re.compile(r"^[-*+•●▪◦‣–—](?=\s|$)\s*")
 _HEADING = re.compile(r"^(?:#{1,6}|>)(?=\s)\s*")
 _EMPHASIS = re.compile(r"(\*\*|__|\*|`)(.+?)\1")
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "«": "»", "`": "`"}
+_BRACKETS = {"[": "]", "(": ")", "{": "}", "<": ">"}
+# A quote a prompt never ends with unless it began with one (an apostrophe may end a plural).
+_END_QUOTES = {'"', "”", "»", "`"}
 _SPACE = re.compile(r"\s+")
 _KEY = re.compile(r"[\W_]+")
 
@@ -73,9 +87,47 @@ def clean_prompt(line: str) -> str:
         # A quoted prompt followed by a period or comma: "cat, which has ...".
         if len(text) >= 3 and text[-1] in ".," and _QUOTES.get(text[0]) == text[-2]:
             text = text[1:-2].strip()
+        text = _strip_brackets(text)
+        # A quote left open at the start ('cat, which has ...) or closing nothing at the end.
+        if text[:1] in _QUOTES and _QUOTES[text[0]] not in text[1:]:
+            text = text[1:].strip()
+        if text[-1:] in _END_QUOTES and not any(_QUOTES.get(c) == text[-1] for c in text[:-1]):
+            text = text[:-1].strip()
         if text == before:
             break
     return text.replace("**", "").replace("__", "").strip()
+
+
+def _strip_brackets(text: str) -> str:
+    """Without a bracket pair around the whole text ("[cat, which has ...]"), a bracket opened at
+    the start and never closed ("[cat, which has ...") or one closed at the end and never opened."""
+    if not text:
+        return text
+    first, last = text[0], text[-1]
+    if first in _BRACKETS:
+        close = _matching_close(text)
+        if close == len(text) - 1:
+            return text[1:-1].strip()
+        if close is None:
+            return text[1:].strip()
+    opener = {v: k for k, v in _BRACKETS.items()}.get(last)
+    if opener is not None and opener not in text[:-1]:
+        return text[:-1].strip()
+    return text
+
+
+def _matching_close(text: str) -> int | None:
+    """The index of the bracket that closes the one at text[0], or None if it is never closed."""
+    opener, closer = text[0], _BRACKETS[text[0]]
+    depth = 0
+    for i, char in enumerate(text):
+        if char == opener:
+            depth += 1
+        elif char == closer:
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
 
 
 def normalise(text: str) -> str:
@@ -85,31 +137,75 @@ def normalise(text: str) -> str:
 
 
 def check_prompt(
-    prompt: str, class_name: str, *, min_chars: int, max_chars: int, class_first: bool = False
+    prompt: str,
+    class_name: str,
+    *,
+    min_chars: int,
+    max_chars: int,
+    class_first: bool | str = False,
+    aliases: Iterable[str] = (),
+    max_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
 ) -> str | None:
     """Why `prompt` is not a usable prompt for `class_name` (a short reason), or None if it is.
-    With `class_first` (the LGCLIP form "{class}, which has ..."), it must begin with the class
-    name and a comma, after at most an article: prose about the class ("A cat is ...") does not."""
+
+    The class may be named by `class_name` or any of its `aliases` ("Highway" for "Highway or
+    Road"). With `class_first` (the LGCLIP form "{class}, which has ..."), the prompt must begin
+    with the class name, after at most an article, and then the form's words: True asks for a
+    comma, a string (see `instruction.class_form`) for that text, e.g. ", which has". The form is
+    checked before the length, so prose is reported as prose. With `max_tokens`, `count_tokens`
+    counts the prompt's tokens (those of the text-to-image model's tokenizer)."""
     if not prompt:
         return "empty"
     if prompt.endswith(":"):
         return "a heading, not a description"
+    names = _names(class_name, aliases)
+    text = normalise(prompt)
+    if not any(name in text for name in names):
+        return "does not mention the class"
+    if class_first:
+        form = class_first if isinstance(class_first, str) else ","
+        if not _class_first(names, form).match(prompt):
+            return f"not of the form '<class>{form} ...'"
     if len(prompt) < min_chars:
         return f"shorter than {min_chars} characters"
     if len(prompt) > max_chars:
         return f"longer than {max_chars} characters"
-    name, text = normalise(class_name), normalise(prompt)
-    if name not in text:
-        return "does not mention the class"
-    if class_first and not _class_first(class_name).match(prompt):
-        return "not of the form '<class>, ...'"
+    if max_tokens is not None and count_tokens is not None and count_tokens(prompt) > max_tokens:
+        return f"longer than {max_tokens} tokens"
     return None
 
 
-def _class_first(class_name: str) -> re.Pattern:
-    """Matches text that begins with the class name (any case and separators) and a comma."""
-    words = r"[\W_]+".join(re.escape(w) for w in normalise(class_name).split())
-    return re.compile(rf"(?:(?:a|an|the)\s+)?[\W_]*{words}[\W_]*,", re.IGNORECASE)
+def _names(class_name: str, aliases: Iterable[str]) -> list[str]:
+    """The class name and its aliases, normalised, without repeats or empties."""
+    return [n for n in dict.fromkeys(normalise(n) for n in (class_name, *aliases)) if n]
+
+
+# A verb of the form agrees with a plural class: "Residential Buildings, which have ...".
+_AGREE = {"has": "(?:has|have)", "have": "(?:has|have)", "is": "(?:is|are)", "are": "(?:is|are)"}
+
+
+def _class_first(names: list[str], form: str = ",") -> re.Pattern:
+    """Matches text that begins with one of the (normalised) class names, in any case and
+    separators, then the form: a comma and its words (", which has", or "which have")."""
+    alternatives = "|".join(r"[\W_]+".join(re.escape(w) for w in name.split()) for name in names)
+    words = [_AGREE.get(w, re.escape(w)) for w in normalise(form).split()]
+    tail = r"\s*" + r"\s+".join(words) + r"(?![^\W_])" if words else ""
+    return re.compile(rf"(?:(?:a|an|the)\s+)?(?:{alternatives})[\W_]*,{tail}", re.IGNORECASE)
+
+
+def near_duplicate_of(key: str, kept: Iterable[str], threshold: float) -> bool:
+    """Whether the normalised text `key` is at least `threshold` similar (difflib ratio) to one of
+    the normalised texts `kept`."""
+    if threshold >= 1:
+        return False
+    for other in kept:
+        matcher = difflib.SequenceMatcher(None, key, other, autojunk=False)
+        # The quick upper bounds first: most pairs are far apart.
+        if matcher.real_quick_ratio() >= threshold and matcher.quick_ratio() >= threshold:
+            if matcher.ratio() >= threshold:
+                return True
+    return False
 
 
 @dataclass
@@ -127,27 +223,31 @@ def select_prompts(
     candidates: list[str],
     class_name: str,
     *,
-    min_chars: int,
-    max_chars: int,
     keep: list[str] = (),
     limit: int | None = None,
-    class_first: bool = False,
+    near_duplicate: float = NEAR_DUPLICATE,
+    **checks,
 ) -> Selection:
-    """Clean and check `candidates`, and keep the valid ones not already in `keep` (compared after
-    `normalise`), in order, until `keep` plus the new ones make `limit`."""
+    """Clean and check (`check_prompt` with `checks`) the `candidates`, and keep the valid ones that
+    repeat neither `keep` nor each other (compared after `normalise`: equal, "duplicate", or at
+    least `near_duplicate` similar, "near-duplicate"), in order, until `keep` plus the new ones
+    make `limit`."""
     selection = Selection(prompts=list(keep))
-    seen = {normalise(p) for p in keep}
+    seen = [normalise(p) for p in keep]
     for raw in candidates:
         if limit is not None and len(selection.prompts) >= limit:
             break
         prompt = clean_prompt(raw)
-        reason = check_prompt(prompt, class_name, min_chars=min_chars, max_chars=max_chars, class_first=class_first)
-        if reason is None and normalise(prompt) in seen:
+        reason = check_prompt(prompt, class_name, **checks)
+        key = normalise(prompt)
+        if reason is None and key in seen:
             reason = "duplicate"
+        elif reason is None and near_duplicate_of(key, seen, near_duplicate):
+            reason = "near-duplicate"
         if reason is not None:
             selection.rejected[reason] += 1
             continue
-        seen.add(normalise(prompt))
+        seen.append(key)
         selection.prompts.append(prompt)
     return selection
 
@@ -156,24 +256,18 @@ def parse_response(
     text: str,
     class_name: str,
     *,
-    min_chars: int,
-    max_chars: int,
     keep: list[str] = (),
     limit: int | None = None,
     truncated: bool = False,
-    class_first: bool = False,
+    **checks,
 ) -> Selection:
     """`select_prompts` over the candidates of one answer. When the answer was cut off by the
-    token limit, its last candidate is incomplete and dropped."""
+    token limit, its last candidate is incomplete: it is dropped and counted (`CUT_OFF`)."""
     candidates = split_candidates(text)
-    if truncated and candidates:
+    cut = truncated and bool(candidates)
+    if cut:
         candidates = candidates[:-1]
-    return select_prompts(
-        candidates,
-        class_name,
-        min_chars=min_chars,
-        max_chars=max_chars,
-        keep=keep,
-        limit=limit,
-        class_first=class_first,
-    )
+    selection = select_prompts(candidates, class_name, keep=keep, limit=limit, **checks)
+    if cut:
+        selection.rejected[CUT_OFF] += 1
+    return selection

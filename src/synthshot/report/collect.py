@@ -1,7 +1,9 @@
 """Find the runs under an output folder and read what the report shows of them.
 
 A run is a folder holding `results.json` (written by `evaluate` or `finetune`); its results are
-every `results.json` at or below it. A folder without one is searched one level down, so an output
+every `results.json` at or below it, except those of its controls (`<run>/controls/<name>/`,
+runs of their own beside it) and of its seeds (`<run>/seed=<n>/`, which the run's own results
+summarise as mean and standard deviation). A folder without one is searched one level down, so an output
 folder is either a single run or a sweep whose subfolders are runs (nested sweeps work the same
 way). The parts a run may share with its sweep (the class similarity, the synthetic images and
 their manifest, the resolved config) are looked up from the run folder upwards to the output
@@ -11,6 +13,7 @@ folder, nearest first.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,8 @@ from synthshot.results import RESULTS_FILE, find_results, read_results
 from synthshot.io import parse_json
 
 REPORT_DIR = "report"
+CONTROLS_DIR = "controls"  # a run's control runs (real-only, text-sd), reported beside it
+SEED_FOLDER = re.compile(r"seed=-?\d+")  # a run's seed runs, summarised in the run's own results
 CONFIG_FILE = "config.resolved.yaml"
 SIMILARITY_DIR = "similarity"
 MANIFEST_FILE = "manifest.jsonl"
@@ -84,7 +89,9 @@ def _run_folders(folder: Path, results: list[Path]) -> list[Path]:
     """The run folders at or below `folder`, given every results file under it."""
     # A run keeps its results in itself or in its stage folders (evaluate/, finetune/).
     if any(folder / sub / RESULTS_FILE in results for sub in ("", *RESULT_STAGES)):
-        return [folder]
+        controls = folder / CONTROLS_DIR
+        below = [path for path in results if controls in path.parents]
+        return [folder] + (_run_folders(controls, below) if below else [])
     children = sorted({folder / path.relative_to(folder).parts[0] for path in results if path.parent != folder})
     runs: list[Path] = []
     for child in children:
@@ -112,8 +119,17 @@ def _read_yaml(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _own(path: Path, folder: Path) -> bool:
+    """Whether the results file `path` belongs to the run in `folder`: at or below it, but not in
+    its controls (runs of their own) or its seed runs (`seed=<n>/`, summarised in the run itself)."""
+    if path.parent != folder and folder not in path.parents:
+        return False
+    first = path.relative_to(folder).parts[0]
+    return first != CONTROLS_DIR and not SEED_FOLDER.fullmatch(first)
+
+
 def _read_run(folder: Path, out: Path, results: list[Path]) -> Run:
-    files = [path for path in results if path.parent == folder or folder in path.parents]
+    files = [path for path in results if _own(path, folder)]
     # The run's own results.json first, so its `run`, `config` and `versions` win.
     files.sort(key=lambda path: (path.parent != folder, str(path)))
     run = Run(name="", folder=folder, info={})
@@ -127,6 +143,9 @@ def _read_run(folder: Path, out: Path, results: list[Path]) -> Run:
             run.versions.setdefault(str(key), str(value))
     relative = folder.relative_to(out).as_posix()
     run.name = str(run.info.get("name") or (folder.name if relative == "." else relative))
+    if folder.parent.name == CONTROLS_DIR:  # named after the run it controls
+        run.info["control"] = folder.name
+        run.name = relative
     for path, data in loaded:
         for number, item in enumerate(data["results"], start=1):
             if not isinstance(item, dict) or not isinstance(item.get("metrics"), dict):
@@ -207,16 +226,22 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 SWEEP_STATUS = Path(".synthshot") / "sweep.json"
 
 
-def failed_runs(out: str | Path) -> dict[str, str]:
-    """run name -> its one-line error, for the runs the last sweep in `out` recorded as failed."""
+RUN_STATUS_DIR = Path(".synthshot") / "runs"  # one file per task of a job array (`run --run-index`)
 
-    try:
-        data = parse_json((Path(out) / SWEEP_STATUS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    runs = data.get("runs") if isinstance(data, dict) else None
-    if not isinstance(runs, dict):
-        return {}
-    return {str(name): str(s.get("error", "")) for name, s in runs.items()
-            if isinstance(s, dict) and s.get("status") == "failed"}
+
+def failed_runs(out: str | Path) -> dict[str, str]:
+    """run name -> its one-line error, for the runs the last sweep in `out` (or the tasks of its
+    job array) recorded as failed; the newest record of a run wins."""
+    candidates = [Path(out) / SWEEP_STATUS, *(Path(out) / RUN_STATUS_DIR).glob("*.json")]
+    files = sorted((p for p in candidates if p.is_file()), key=lambda p: p.stat().st_mtime_ns)
+    statuses: dict[str, dict] = {}
+    for path in files:
+        try:
+            data = parse_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        runs = data.get("runs") if isinstance(data, dict) else None
+        if isinstance(runs, dict):
+            statuses.update({str(name): s for name, s in runs.items() if isinstance(s, dict)})
+    return {name: str(s.get("error", "")) for name, s in statuses.items() if s.get("status") == "failed"}
 

@@ -80,8 +80,11 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], row_classes: I
     return Raw(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>")
 
 
-def _percent(value: float | None) -> str:
-    return _Number("–") if value is None else _Number(f"{100 * value:.2f}")
+def _percent(value: float | None, std: float | None = None) -> str:
+    """A percentage, with ± its standard deviation over seeds when there is one."""
+    if value is None:
+        return _Number("–")
+    return _Number(f"{100 * value:.2f}" + (f" ± {100 * std:.2f}" if isinstance(std, (int, float)) else ""))
 
 
 def _note(text: str) -> Raw:
@@ -145,7 +148,8 @@ def _accuracy_section(runs: list[Run], best: Entry | None) -> list[str]:
         for entry in run.entries:
             rows.append([
                 entry.run, *(str(info[entry.run].get(key, "")) for key in RUN_FIELDS), entry.stage, entry.method,
-                entry.split, entry.selected_on or "", _percent(entry.top1), _percent(entry.balanced_top1),
+                entry.split, entry.selected_on or "", _percent(entry.top1, entry.metrics.get("top1_std")),
+                _percent(entry.balanced_top1, entry.metrics.get("balanced_top1_std")),
                 _Number(str(entry.metrics.get("num_images", ""))), _short(entry.params) if entry.params else "",
             ])
             classes.append("best" if entry is best else "")
@@ -184,12 +188,12 @@ def _curves_section(runs: list[Run], split: str | None, figures: _Figures) -> li
                 continue
             others = [f"{FIELD_TITLES[key]}={run.info.get(key)}" for key in sorted(varying - {axis})]
             label = ", ".join([f"{entry.stage}/{entry.method}", *others])
-            series.setdefault(label, []).append((float(x), entry.top1))
+            series.setdefault(label, []).append((float(x), entry.top1, entry.metrics.get("top1_std")))
         png = plots.accuracy_curves(series, xlabel=title, title=f"top-1 on {split} against {title}")
         parts.append(figures.add(
             name, png, f"accuracy against {title}",
             f"Top-1 on the {split} split; one line per method (and per value of what else varies), through the "
-            "mean where several runs share a point.",
+            "mean where several runs share a point; error bars: ± one standard deviation over seeds.",
         ))
     return parts
 

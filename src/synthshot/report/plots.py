@@ -49,23 +49,31 @@ def save_png(path: str | Path, png: bytes) -> Path:
 
 
 def accuracy_curves(
-    series: dict[str, list[tuple[float, float]]], *, xlabel: str, ylabel: str = "top-1 accuracy (%)", title: str = ""
+    series: dict[str, list[tuple]], *, xlabel: str, ylabel: str = "top-1 accuracy (%)", title: str = ""
 ) -> bytes:
     """One line per series through the mean accuracy at each x; every point is also marked.
 
-    `series[label]` lists (x, accuracy) pairs, accuracy in [0, 1]; several pairs may share an x
-    (runs that differ in something else).
+    `series[label]` lists (x, accuracy) or (x, accuracy, std) points, accuracy and std in [0, 1];
+    several points may share an x (runs that differ in something else). A point with a std (the
+    spread over seeds) gets an error bar of ± std.
     """
     figure = _figure(6.4, 4.2)
     axes = figure.add_subplot()
     xs_all: set[float] = set()
     for label, points in series.items():
-        xs = sorted({x for x, _ in points})
+        xs = sorted({p[0] for p in points})
         xs_all.update(xs)
-        means = [100 * float(np.mean([y for px, y in points if px == x])) for x in xs]
-        (line,) = axes.plot(xs, means, marker="o", label=_label(label))
+        means = [100 * float(np.mean([p[1] for p in points if p[0] == x])) for x in xs]
+        spreads = []
+        for x in xs:
+            at = [p for p in points if p[0] == x]
+            spreads.append(100 * float(at[0][2]) if len(at) == 1 and len(at[0]) > 2 and at[0][2] is not None else 0.0)
+        if any(spreads):
+            line = axes.errorbar(xs, means, yerr=spreads, marker="o", capsize=3, label=_label(label)).lines[0]
+        else:
+            (line,) = axes.plot(xs, means, marker="o", label=_label(label))
         if len(points) > len(xs):
-            axes.scatter([x for x, _ in points], [100 * y for _, y in points], s=12, color=line.get_color(), alpha=0.5)
+            axes.scatter([p[0] for p in points], [100 * p[1] for p in points], s=12, color=line.get_color(), alpha=0.5)
     axes.set_xticks(sorted(xs_all))
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)

@@ -7,23 +7,24 @@ from pathlib import Path
 
 from synthshot.config import write_resolved_config
 from synthshot.data.labelled import LabelledImages
+from synthshot.distributed import main_process_first, process_state, wait_for_everyone
 from synthshot.experiment import Experiment
 from synthshot.io import slugify
 from synthshot.stages.base import Stage
 
 
-def load_encoder(exp: Experiment):
+def load_encoder(exp: Experiment, device: str | None = None):
     """The CLIP image encoder of `models.clip` (with `features.adapter`'s LoRA when given)."""
     from synthshot.features.backends import load_image_encoder
     from synthshot.models.hub import resolve_dtype
 
-    config = exp.config
+    config, device = exp.config, device or exp.device
     return load_image_encoder(
         config.models.clip,
         exp.hub,
         backend=config.features.backend,
-        device=exp.device,
-        dtype=resolve_dtype(config.features.precision, exp.device),
+        device=device,
+        dtype=resolve_dtype(config.features.precision, device),
         adapter=config.features.adapter,
     )
 
@@ -40,21 +41,42 @@ def cache_name(exp: Experiment, set_name: str) -> str:
     return "_".join(parts)
 
 
-def image_features(exp: Experiment, encoder, images: LabelledImages, set_name: str, *, echo=print):
-    """[N, D] L2-normalised features of `images`, from the cache where it is up to date."""
+def image_features(exp: Experiment, encoder, images: LabelledImages, set_name: str, *, echo=print, state=None):
+    """[N, D] L2-normalised features of `images`, from the cache where it is up to date.
+
+    With several processes (`state`), each encodes every world-th image into a part cache of its
+    own, and the main process merges the parts into the cache without encoding anything again."""
     from synthshot.features.extract import extract_features
 
     feats = exp.config.features
     path = exp.layout.features / f"{cache_name(exp, set_name)}.safetensors"
-    result = extract_features(encoder, images.files, multiscale=feats.multiscale, scales=feats.scales,
-                              seed=feats.seed, batch_size=feats.batch_size, cache=path, progress=False)
+    options = dict(multiscale=feats.multiscale, scales=feats.scales, seed=feats.seed, batch_size=feats.batch_size,
+                   progress=False)
+    if state is None:
+        result = extract_features(encoder, images.files, cache=path, **options)
+    else:
+        rank, world = state.process_index, state.num_processes
+        parts = [path.with_name(f"{path.stem}.part{r}-of-{world}.safetensors") for r in range(world)]
+        extract_features(encoder, images.files[rank::world], cache=parts[rank], reuse=[path], **options)
+        wait_for_everyone(state)
+        if state.is_main_process:
+            extract_features(encoder, images.files, cache=path, reuse=parts, **options)
+            for part in parts:  # written by this stage's processes: theirs to remove
+                part.unlink(missing_ok=True)
+                part.with_suffix(".json").unlink(missing_ok=True)
+        wait_for_everyone(state)
+        result = extract_features(encoder, images.files, cache=path, **options)  # read back: nothing to encode
     echo(f"  {set_name}: {len(images)} image(s) -> {path}")
     return result.features
 
 
 def run(exp: Experiment, *, echo=print) -> dict:
-    """Extract (or reuse) the features of every image set the run has."""
-    encoder = load_encoder(exp)
+    """Extract (or reuse) the features of every image set the run has; under a launcher of several
+    processes the images are split between them."""
+    state = process_state(exp.device)
+    with main_process_first(state):  # the split (and a drawn demo dataset) are made once
+        exp.data  # noqa: B018
+    encoder = load_encoder(exp, str(state.device) if state is not None else None)
     feats = exp.config.features
     mode = f"multi-scale {feats.scales}" if feats.multiscale else "single-scale"
     echo(f"features ({mode}, {exp.config.models.clip}):")
@@ -65,8 +87,11 @@ def run(exp: Experiment, *, echo=print) -> dict:
         sets["fewshot"] = exp.data.labelled()
     if exp.has_synthetic:
         sets["synthetic"] = exp.synthetic.images
-    out = {name: image_features(exp, encoder, images, name, echo=echo) for name, images in sets.items()}
-    write_resolved_config(exp.config, exp.layout.features)
+    main = state is None or state.is_main_process
+    out = {name: image_features(exp, encoder, images, name, echo=echo if main else (lambda *_: None), state=state)
+           for name, images in sets.items()}
+    if main:
+        write_resolved_config(exp.config, exp.layout.features)
     return out
 
 

@@ -13,9 +13,12 @@ The training images are exactly the run's: the few-shot split and the first
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 from synthshot.config import write_resolved_config
+from synthshot.distributed import check_agrees
 from synthshot.errors import SynthshotError
 from synthshot.experiment import Experiment
 from synthshot.stages.base import Stage
@@ -90,8 +93,10 @@ def run(exp: Experiment, *, mode: str = "auto", echo=print, progress: bool = Tru
     say = echo if main else (lambda *_: None)
     if precision_note:
         say(precision_note)
-    real, synthetic = training_sets(exp)
-    sets = exp.finetune_sets  # validation chooses the epoch, test is reported only; disjoint
+    check_agrees(accelerator.num_processes, accelerator.process_index)  # the launcher's view and accelerate's
+    with accelerator.main_process_first():  # the split is made once, the other processes read it
+        real, synthetic = training_sets(exp)
+        sets = exp.finetune_sets  # validation chooses the epoch, test is reported only; disjoint
 
     # 2. CLIP; an earlier run is continued only if it fits the model, the LoRA settings, the data.
     bundle = load_clip(config.models.clip, exp.hub, device="cpu")
@@ -114,9 +119,15 @@ def run(exp: Experiment, *, mode: str = "auto", echo=print, progress: bool = Tru
     # 4. Batches (half real, half synthetic), optimizer, schedule; all prepared by accelerate.
     both = len(real) > 0 and len(synthetic) > 0
     pairs_per_batch = settings.batch_size // 2 if both else settings.batch_size
-    limit = settings.steps_per_epoch * pairs_per_batch * accelerator.num_processes if settings.steps_per_epoch else None
+    pairs_per_step = pairs_per_batch * accelerator.num_processes
+    iterations = settings.total_iterations(config.data.shots)
+    if iterations is not None:  # a length in steps (CLIP-LoRA): whole epochs of equal length, the data cycled
+        length, limit = math.ceil(iterations / settings.epochs) * pairs_per_step, None
+    else:
+        length, limit = None, settings.steps_per_epoch * pairs_per_step if settings.steps_per_epoch else None
     augment = AugmentSettings.from_config(settings) if settings.augment else None
-    dataset = PairedImages(real, synthetic, TrainTransform(bundle.processor, augment), seed=config.seed, limit=limit)
+    dataset = PairedImages(real, synthetic, TrainTransform(bundle.processor, augment), seed=config.seed, limit=limit,
+                           length=length)
     workers = worker_count(settings.num_workers)
     loader = torch.utils.data.DataLoader(dataset, batch_size=pairs_per_batch, shuffle=False, num_workers=workers,
                                          collate_fn=collate_pairs)
@@ -132,7 +143,10 @@ def run(exp: Experiment, *, mode: str = "auto", echo=print, progress: bool = Tru
     say(f"fine-tuning {config.models.clip} with LoRA r={lora.r} on {'+'.join(lora.towers)}: {len(real)} real and "
         f"{len(synthetic)} synthetic images of {len(classes)} classes, lam={settings.lam:g}; {settings.epochs} epoch(s) "
         f"of {steps_per_epoch} step(s), batch {settings.batch_size} x {accelerator.num_processes} process(es)")
-    if settings.warmup_steps >= total_steps:
+    if iterations is not None and total_steps != iterations:
+        say(f"note: {iterations} iterations do not split into {settings.epochs} equal epochs: training runs "
+            f"{total_steps} steps")
+    if settings.warmup_steps >= total_steps and settings.warmup_steps:
         say(f"note: the warm-up ({settings.warmup_steps} steps) is not shorter than training ({total_steps} steps), "
             "so the learning rate never reaches finetune.lr")
 
@@ -176,14 +190,14 @@ def run(exp: Experiment, *, mode: str = "auto", echo=print, progress: bool = Tru
             saved = ft.trainer_state(epoch + 1, global_step, history, settings, fingerprint, optimizer, scheduler,
                                      accelerator, steps_per_epoch, pairs_per_batch)
             ft.save_checkpoint(folder, peft_model, info, saved, optimizer)
-            ft.prune_checkpoints(out / ft.CHECKPOINTS, keep={epoch + 1, ft.select_epoch(history)})
+            ft.prune_checkpoints(out / ft.CHECKPOINTS, keep={epoch + 1, ft.select_epoch(history, settings.select)})
         accelerator.wait_for_everyone()
         val_text = f", val top-1 {entry['val_top1']:.4f}" if "val_top1" in entry else ""
         say(f"epoch {epoch + 1}/{settings.epochs}: loss {entry['loss']:.4f}{val_text}, "
             f"{entry['images_per_s']:.1f} images/s")
 
-    # 6. The chosen adapter: best validation accuracy (earliest on ties), else the last epoch.
-    chosen = ft.select_epoch(history) if history else settings.epochs
+    # 6. The chosen adapter: best validation accuracy (earliest on ties), or the last epoch.
+    chosen = ft.select_epoch(history, settings.select) if history else settings.epochs
     if chosen != settings.epochs:
         load_adapter_weights(peft_model, out / ft.CHECKPOINTS / f"epoch_{chosen}")
     if main:
@@ -193,7 +207,7 @@ def run(exp: Experiment, *, mode: str = "auto", echo=print, progress: bool = Tru
     # 7. Evaluate the chosen adapter: test once (and validation, to report it); write results.json.
     entries = []
     params = ft.result_params(settings, lora, chosen, total_steps, real, synthetic, templates, out / ft.ADAPTER_DIR)
-    selected_on = "val" if sets.val is not None else None
+    selected_on = "val" if sets.val is not None and settings.select == "val" else None
     for split in ("test", "val"):
         if split not in eval_loaders:
             continue
@@ -211,7 +225,7 @@ def run(exp: Experiment, *, mode: str = "auto", echo=print, progress: bool = Tru
         if writer is not None:
             writer.close()
         say(f"test top-1 {entries[0]['metrics']['top1']:.4f} on {entries[0]['metrics']['num_images']} images "
-            f"(adapter of epoch {chosen}{', chosen on val' if selected_on else ''}) -> {path}")
+            f"(adapter of epoch {chosen}{', chosen on val' if selected_on else ', the last'}) -> {path}")
     accelerator.wait_for_everyone()
     return results
 

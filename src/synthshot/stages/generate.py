@@ -9,13 +9,17 @@ folder; images there made with other settings are then refused with a message na
 
 from __future__ import annotations
 
-import os
+import contextlib
+import logging
 
 from synthshot.config import write_resolved_config
+from synthshot.distributed import main_process_first, process_state, wait_for_everyone
 from synthshot.errors import DataError
-from synthshot.io import claim_folder
+from synthshot.io import check_claimable, claim_folder, folder_lock
 from synthshot.experiment import Experiment
 from synthshot.stages.base import Stage
+
+logger = logging.getLogger("synthshot.generation")
 
 
 def prompts_per_class(exp: Experiment) -> dict[str, str | list[str]]:
@@ -33,6 +37,32 @@ def prompts_per_class(exp: Experiment) -> dict[str, str | list[str]]:
     if gen.prompt_cycle == "first":
         return {name: loaded[name][0] for name in data.split}
     return {name: loaded[name] for name in data.split}
+
+
+def warn_cut_prompts(
+    tokenizer, prompts: dict[str, str | list[str]], images_per_class: int | None = None
+) -> dict[str, int]:
+    """Warn once per class whose prompts (those drawn for its first `images_per_class` images) are
+    longer than the text encoder reads (`tokenizer.model_max_length`, 77 for CLIP): the pipeline
+    cuts them silently. Returns the number cut per class."""
+    from synthshot.prompts.tokens import prompt_tokens
+
+    limit = getattr(tokenizer, "model_max_length", None)
+    if not isinstance(limit, int) or not 0 < limit < 100_000:  # transformers' "no limit" is a huge number
+        return {}
+    cut = {}
+    for name, value in prompts.items():
+        used = list(dict.fromkeys([value] if isinstance(value, str) else value[:images_per_class]))
+        lengths = [prompt_tokens(tokenizer, p) for p in used]
+        count = sum(n > limit for n in lengths)
+        if count:
+            cut[name] = count
+            logger.warning(
+                "class %r: %d of %d prompts are longer than the %d tokens the text encoder reads (up to %d) and are "
+                "cut at generation: ask for shorter prompts, or set prompts.max_tokens: %d to reject them",
+                name, count, len(used), limit, max(lengths), limit,
+            )
+    return cut
 
 
 def plan(exp: Experiment, *, echo=print):
@@ -75,16 +105,16 @@ def record_extra(exp: Experiment) -> dict:
 
 def run(exp: Experiment, *, shard: tuple[int, int] | None = None, progress: bool = True, echo=print):
     """Generate the images the run asks for into its set, resuming what exists. Under
-    `accelerate launch` the work items are split across the processes."""
-    from synthshot.generation.engine import PipelineRenderer, load_pipeline
-    from synthshot.generation.fingerprint import item_fingerprint
+    `accelerate launch` or `torchrun` the work items are split across the processes; another run
+    writing the same set (a job array's sweep runs share sets) is waited for."""
     from synthshot.generation.items import shard_items
-    from synthshot.generation.runner import process_manifest, reconcile, run_generation
+    from synthshot.generation.runner import reconcile
 
-    config, gen = exp.config, exp.config.generation
-    items = plan(exp, echo=echo)
-    state = _distributed_state()
+    config = exp.config
+    state = process_state(exp.device)  # several processes: the launcher's view, checked with accelerate's
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    with main_process_first(state):  # the main process makes the split and the similarity, the others read them
+        items = plan(exp, echo=echo if rank == 0 else (lambda *_: None))
     if shard is not None:
         items = shard_items(items, *shard)
     if world > 1:
@@ -92,14 +122,37 @@ def run(exp: Experiment, *, shard: tuple[int, int] | None = None, progress: bool
     device = str(state.device) if state and world > 1 else exp.device
 
     out = exp.layout.synthetic
-    if rank == 0:
-        claim_folder(out, "synthetic set folder (synthetic_dir)", legacy=("manifest.jsonl",))
-        reconcile(out)
-        write_resolved_config(config, out)
-    if world > 1:
-        state.wait_for_everyone()
+    check_claimable(out, "synthetic set folder (synthetic_dir)", legacy=("manifest.jsonl",))  # every rank
+    with contextlib.ExitStack() as held:
+        if rank == 0:
+            claim_folder(out, "synthetic set folder (synthetic_dir)", legacy=("manifest.jsonl",))
+            # Another run writing this set (sweep runs of a job array share sets): wait for it.
+            held.enter_context(folder_lock(out, echo=echo))
+            reconcile(out)
+            write_resolved_config(config, out)
+        wait_for_everyone(state)
+        report = _render(exp, items, state, rank, world, device, progress)
+    who = f"process {rank + 1}/{world}: " if world > 1 else ""
+    echo(
+        f"{who}generated {len(report.done)} image(s), {len(report.skipped)} already there, {len(report.failed)} failed "
+        f"({report.images_per_second:.2f} images/s) -> {out}"
+    )
+    report.raise_for_failures()
+    return report
+
+
+def _render(exp: Experiment, items, state, rank: int, world: int, device: str, progress: bool):
+    """Render this process's items into the set; with several processes each appends to its own
+    manifest and the main process merges them at the end."""
+    from synthshot.generation.engine import PipelineRenderer, load_pipeline
+    from synthshot.generation.fingerprint import item_fingerprint
+    from synthshot.generation.runner import process_manifest, reconcile, run_generation
+
+    config, gen, out = exp.config, exp.config.generation, exp.layout.synthetic
     digest, root = exp.settings_digest, exp.data_root
     pipe = load_pipeline(config.models, gen, exp.hub, device)
+    if rank == 0:
+        warn_cut_prompts(pipe.tokenizer, prompts_per_class(exp), gen.images_per_class)
     report = run_generation(
         items,
         PipelineRenderer(pipe, gen),
@@ -116,11 +169,6 @@ def run(exp: Experiment, *, shard: tuple[int, int] | None = None, progress: bool
         state.wait_for_everyone()
         if rank == 0:
             reconcile(out)
-    echo(
-        f"generated {len(report.done)} image(s), {len(report.skipped)} already there, {len(report.failed)} failed "
-        f"({report.images_per_second:.2f} images/s) -> {out}"
-    )
-    report.raise_for_failures()
     return report
 
 
@@ -131,15 +179,6 @@ def complete(exp: Experiment) -> bool:
     ipc = exp.config.generation.images_per_class
     found = count_finished(exp.layout.synthetic, ipc, exp.settings_digest)
     return found >= ipc * len(exp.classes)
-
-
-def _distributed_state():
-    """accelerate's process state when launched with several processes, else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import PartialState
-
-    return PartialState()
 
 
 STAGE = Stage(

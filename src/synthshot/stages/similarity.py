@@ -11,7 +11,7 @@ from synthshot.stages.base import Stage
 
 def run(exp: Experiment, *, echo=print):
     """Compute the similarity, or reuse the saved one when it is of the same classes and settings."""
-    from synthshot.generation.similarity import compute_class_similarity
+    from synthshot.generation.similarity import SIMILARITY_FORMAT, compute_class_similarity
     from synthshot.models.clip import load_clip
 
     config, data = exp.config, exp.data
@@ -25,7 +25,8 @@ def run(exp: Experiment, *, echo=print):
         echo(f"class similarity: the saved file cannot be used, so it is computed again ({exc})")
         existing = None
     if existing is not None and (
-        existing.classes == sorted(data.split)
+        existing.format == SIMILARITY_FORMAT
+        and existing.classes == sorted(data.split)
         and existing.method == settings.method
         and existing.temperature == settings.temperature
         and existing.sampling == settings.sampling
