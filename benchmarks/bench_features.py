@@ -241,7 +241,8 @@ def main(argv=None) -> int:
     print(f"wall time {time.perf_counter() - started:.0f} s; {load_line()}")
     if args.json:
         args.json.write_text(
-            json.dumps({"device": device, "machine": machine_line(device), "results": results}, indent=2)
+            json.dumps({"device": device, "machine": machine_line(device), "results": results,
+                        "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}, indent=2)
         )
     return 0
 

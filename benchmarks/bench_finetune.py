@@ -205,7 +205,9 @@ def main(argv=None) -> int:
           "Fastest of interleaved timed steps; random tensors as images (no data loading).")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": str(accelerator.device), "results": rows}, indent=2))
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        args.json.write_text(json.dumps({"device": str(accelerator.device), "results": rows, "peak_cuda_gib": peak},
+                                        indent=2))
     return 0
 
 

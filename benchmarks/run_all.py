@@ -1,7 +1,7 @@
 """Run every synthshot benchmark and print one table of the ratios they measured.
 
-    python benchmarks/run_all.py            # full settings (about 10 minutes on a 2-core CPU)
-    python benchmarks/run_all.py --quick    # smaller sizes and fewer repeats (about 3 minutes)
+    python benchmarks/run_all.py            # full settings (about 20 minutes on a 2-core CPU)
+    python benchmarks/run_all.py --quick    # smaller sizes and fewer repeats (about 5 minutes)
 
 Each benchmark runs in its own process (a clean start, as a user runs it), writes its figures as
 JSON, and keeps printing its own detailed table; this script then collects one line per ratio.
@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 # benchmark -> (extra arguments for --quick, function turning its JSON into table rows)
 BENCHMARKS = {
     "bench_generation.py": ["--quick"],
+    "bench_speed.py": ["--quick"],
     "bench_features.py": ["--images", "4", "--repeats", "1"],
     "bench_finetune.py": ["--quick"],
 }
@@ -34,6 +35,18 @@ def generation_rows(data: dict) -> list[tuple[str, str, float, str]]:
         (r['name'], "official 3 calls / gated 1 call", r["ratio"],
          f"{r['official_median_s']:.3f} s vs {r['gated_median_s']:.3f} s")
         for r in data["steps"]
+    ]
+
+
+def speed_rows(data: dict) -> list[tuple[str, str, float, str]]:
+    def evaluations(e: dict) -> str:
+        return f"{e['full']} full" + (f" + {e['shallow']} shallow" if e["shallow"] else "")
+
+    return [
+        (f"generation per image, {r['way']}, {r['steps']} steps, {r['latent']}x{r['latent']}, batch {r['batch']}",
+         "default / option, equal steps", r["ratio"],
+         f"{r['fastest_seconds_per_image']:.3f} s/image, U-Net evaluations {evaluations(r['evaluations_per_image'])}")
+        for r in data["rows"] if r["key"] != "default"
     ]
 
 
@@ -55,7 +68,7 @@ def finetune_rows(data: dict) -> list[tuple[str, str, float, str]]:
     return rows
 
 
-ROWS = {"bench_generation.py": generation_rows, "bench_features.py": features_rows, "bench_finetune.py": finetune_rows}
+ROWS = {"bench_generation.py": generation_rows, "bench_speed.py": speed_rows, "bench_features.py": features_rows, "bench_finetune.py": finetune_rows}
 
 
 def main(argv=None) -> int:

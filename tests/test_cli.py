@@ -185,3 +185,20 @@ def test_failed_items_make_a_nonzero_exit(tmp_path, tiny_kit):
     assert result.returncode == 2
     assert "failed" in result.stderr and first in result.stderr
     assert manifest_lines(out) > 0  # the other items were finished
+
+
+def test_run_log_and_quiet_and_verbose(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'out'}\nstages: [data]\ndata: {{demo: {{classes: 2, images_per_class: 3, "
+                      "size: 16}, shots: 1}\n")
+    quiet = synthshot("-q", "run", config)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout == "" and "few-shot split" not in quiet.stderr
+    log = (tmp_path / "out" / "run.log").read_text()
+    assert "INFO synthshot.console: == data" in log and "few-shot split" in log
+    assert "DEBUG synthshot.runs: stage data took" in log
+    verbose = synthshot("-v", "run", config, "--force")
+    assert verbose.returncode == 0 and "stage data took" in verbose.stderr and "== data" in verbose.stdout
+    normal = synthshot("run", config, "--force")
+    assert "stage data took" not in normal.stderr and "== data" in normal.stdout
+    assert (tmp_path / "out" / "run.log").read_text().count("---- started") == 3  # appended run after run

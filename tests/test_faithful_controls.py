@@ -226,7 +226,7 @@ def test_uniform_negatives_through_generate_need_no_similarity(tmp_path, tiny_ki
     probs = torch.tensor([[0.0, 0.95, 0.05], [0.95, 0.0, 0.05], [0.95, 0.05, 0.0]])
     lopsided = SimilarityResult(classes=classes, similarity=torch.eye(3), negative_probs=probs)
     calls = []
-    monkeypatch.setattr(similarity, "run", lambda exp, echo=print: calls.append(1) or lopsided)
+    monkeypatch.setattr(similarity, "run", lambda exp, echo=print, **kwargs: calls.append(1) or lopsided)
     weighted = generate.plan(Experiment(small_config(tmp_path, tiny_kit, "generation.images_per_class=300")), echo=quiet)
     assert calls == [1]
     first = Counter(i.negative_class for i in weighted if i.class_name == classes[0])

@@ -190,6 +190,35 @@ def test_text_features_are_computed_once_when_only_the_vision_tower_trains(tmp_p
     assert calls["n"] >= 6  # the text tower trains: every step encodes them under autograd
 
 
+def test_trackers_get_the_curves_and_the_results(tmp_path, tiny_kit, monkeypatch):
+    """finetune.trackers: accelerate's trackers get every step, every epoch and the results; a
+    tracker whose package is missing is a one-line error naming it."""
+    logged, started = [], []
+
+    class Recorder:
+        def log(self, values, step=None):
+            logged.append((step, dict(values)))
+
+        def finish(self):
+            logged.append(("finished", {}))
+
+    def make(names, out, run_name, config):
+        started.append(list(names))
+        return finetune_module.Trackers([Recorder()])
+
+    config = prepared(tmp_path, tiny_kit, "finetune.epochs=2", "finetune.trackers=[tensorboard]")
+    with pytest.raises(ConfigError, match=r"finetune.trackers names tensorboard, whose package is not installed: pip "
+                                          r"install tensorboard"):
+        finetune(config, echo=quiet, progress=False)
+    monkeypatch.setattr(finetune_module, "make_trackers", make)
+    finetune(config, restart=True, echo=quiet, progress=False)
+    assert started == [["tensorboard"]]
+    steps = [values for step, values in logged if "train/loss" in values]
+    assert len(steps) == 6 and all({"train/lr", "train/images_per_s"} <= set(v) for v in steps)
+    assert [step for step, values in logged if "epoch/loss" in values] == [3, 6]
+    assert "results/test/top1" in logged[-2][1] and logged[-1][0] == "finished"
+
+
 def test_resume_after_a_kill_continues_to_the_uninterrupted_result(tmp_path, tiny_kit, monkeypatch):
     straight = prepared(tmp_path, tiny_kit, name="straight")
     expected = finetune(straight, echo=quiet, progress=False)

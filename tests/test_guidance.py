@@ -73,3 +73,54 @@ def test_branch_counts():
     assert [guidance_branches(m) for m in ("text", "single", "dual")] == [2, 3, 4]
     with pytest.raises(ConfigError, match="triple"):
         guidance_branches("triple")
+
+
+# ------------------------------------------------------------ guidance interval and caching plan
+def test_image_guidance_steps_are_the_fractions_of_steps_done():
+    from synthshot.generation.guidance import image_guidance_steps
+
+    assert image_guidance_steps(10, (0.0, 1.0)) == [True] * 10  # DIPSY: every step
+    assert image_guidance_steps(10, (0.0, 0.5)) == [True] * 5 + [False] * 5  # step i inside when lo <= i/10 < hi
+    assert image_guidance_steps(10, (0.5, 1.0)) == [False] * 5 + [True] * 5
+    assert image_guidance_steps(8, (0.3, 0.3)) == [False] * 8  # lo == hi: empty
+    assert image_guidance_steps(4, (0.25, 0.5)) == [False, True, False, False]
+
+
+@pytest.mark.parametrize("interval, message", [
+    ((0.6, 0.2), r"\[0.6, 0.2\] is reversed"),
+    ((-0.1, 0.5), r"must lie within \[0, 1\]"),
+    ((0.0, 1.01), r"must lie within \[0, 1\]"),
+    ((0.2,), "must be \\[lo, hi\\]"),
+    ("0,1", "must be \\[lo, hi\\]"),
+    ((0.0, float("nan")), "two numbers"),
+])
+def test_bad_intervals_are_refused(interval, message):
+    from synthshot.generation.guidance import check_interval
+
+    with pytest.raises(ConfigError, match=message):
+        check_interval(interval)
+
+
+def test_step_plan_counts():
+    from synthshot.generation.guidance import evaluations_per_image, step_plan
+
+    def closed_form(mode, steps, inside):
+        return guidance_branches(mode) * inside + 2 * (steps - inside)
+
+    for steps in (1, 7, 20, 50):
+        for lo, hi in ((0.0, 1.0), (0.0, 0.5), (0.25, 0.75), (0.4, 0.4)):
+            inside = sum(lo <= i / steps < hi for i in range(steps))
+            for mode in ("dual", "single"):
+                plan = step_plan(steps, mode, (lo, hi))
+                assert evaluations_per_image(plan, mode) == {"full": closed_form(mode, steps, inside), "shallow": 0}
+    # DeepCache without an interval: the whole U-Net every k-th step.
+    for steps, k in ((10, 3), (50, 3), (25, 5), (7, 10)):
+        full_steps = -(-steps // k)
+        assert evaluations_per_image(step_plan(steps, "dual", cache_interval=k), "dual") == {
+            "full": 4 * full_steps, "shallow": 4 * (steps - full_steps)}
+    # Entering the interval needs the image rows, which the cache of text-only steps lacks.
+    plan = step_plan(6, "dual", (0.5, 1.0), 10)
+    assert [(s.image, s.full) for s in plan] == [(False, True), (False, False), (False, False),
+                                                 (True, True), (True, False), (True, False)]
+    with pytest.raises(ConfigError, match="cache_interval must be an integer >= 1"):
+        step_plan(6, "dual", cache_interval=0)

@@ -92,11 +92,11 @@ def test_every_preset_loads_and_names_a_dataset():
     assert {f"dipsy-{d}" for d in dipsy} | {f"lgclip-{d}" for d in lgclip} <= set(names)
     for name in names:
         config = load_config(name)
-        if name.startswith("dipsy-"):
+        if name in {f"dipsy-{d}" for d in dipsy}:
             assert config.data.dataset == name[6:] and config.data.shots == 16
             assert config.generation.images_per_class == 200 and config.finetune.lam == 0.8
             assert (config.generation.w_text, config.generation.w_pos, config.generation.w_neg) == (7.5, 6.0, 6.0)
-        if name.startswith("lgclip-"):
+        if name in {f"lgclip-{d}" for d in lgclip}:
             assert config.data.shots == 0 and config.generation.mode == "text" and config.features.multiscale
             assert len(expand_sweep(config)) == 4  # four CLIP backbones
 

@@ -124,5 +124,5 @@ def test_text_mode_needs_no_adapters_and_uses_the_registry_template(tmp_path, ti
     config = config.model_copy(update={"data": config.data.model_copy(update={"demo": None, "root": root})})
     generate(config, progress=False, echo=quiet)
     records = [json.loads(line) for line in (set_folder(config) / MANIFEST).read_text().splitlines()]
-    assert {r["prompt"] for r in records} == {"A satellite photo of a Annual Crop Land", "A satellite photo of a Forest"}
+    assert {r["prompt"] for r in records} == {"A satellite photo of an Annual Crop Land", "A satellite photo of a Forest"}
     assert all(r["positive_file"] is None and "ip_adapter" not in r["settings"]["models"] for r in records)

@@ -12,14 +12,51 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 
 from synthshot import __version__
 from synthshot.datasets.cli import datasets_app  # typer only: the verbs import the rest
 from synthshot.errors import SynthshotError
 
+# `--help` lists the verbs in the order of the pipeline, then an example of each in that order.
+VERB_EXAMPLES = (
+    ("run", "run examples/quickstart.yaml", "every stage (or a preset)"),
+    ("presets", "presets", "the paper settings"),
+    ("config", "config dipsy-dtd --set data.shots=4", "the resolved config"),
+    ("data", "data split my.yaml", "the few-shot split"),
+    ("prompts", "prompts my.yaml", "class prompts"),
+    ("similarity", "similarity my.yaml", "class similarity"),
+    ("generate", "generate my.yaml --shard 0/4", "a quarter of the images"),
+    ("features", "features my.yaml", "CLIP features, cached"),
+    ("prototypes", "prototypes my.yaml", "per-class prototypes"),
+    ("finetune", "finetune my.yaml --resume", "CLIP + LoRA"),
+    ("evaluate", "evaluate my.yaml", "training-free classifiers"),
+    ("report", "report runs/quickstart", "the HTML report"),
+    ("predict", "predict runs/quickstart photos/", "classify new images"),
+    ("export", "export runs/quickstart -o clf", "a standalone classifier"),
+    ("datasets", "datasets prepare dtd --root data", "benchmark datasets"),
+    ("models", "models make-tiny runs/tiny-kit", "the tiny model kit"),
+    ("version", "version", "the version"),
+)
+EXAMPLES = "Examples, in pipeline order:\n\n\b\n" + "\n".join(
+    f"synthshot {example:<36} {what}" for _, example, what in VERB_EXAMPLES
+)
+
+
+class _PipelineOrder(typer.core.TyperGroup):
+    """Lists the verbs in VERB_EXAMPLES' order (pipeline order); any other verb after them."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        order = [verb for verb, _, _ in VERB_EXAMPLES]
+        return [n for n in order if n in names] + [n for n in names if n not in order]
+
+
 app = typer.Typer(
     name="synthshot",
     help="Synthetic images and CLIP classifiers from class names and a few labelled images (DIPSY, LGCLIP).",
+    cls=_PipelineOrder,
+    epilog=EXAMPLES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -29,6 +66,32 @@ data_app = typer.Typer(help="Few-shot data: splits and summaries.", no_args_is_h
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(datasets_app, name="datasets")
+
+_CONSOLE = {"quiet": False}
+
+
+def say(message: str = "") -> None:
+    """A console line of the run (left out with -q; run.log keeps it either way)."""
+    if not _CONSOLE["quiet"]:
+        typer.echo(message)
+
+
+@app.callback()
+def _console_options(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on the console.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug detail on the console too.")] = False,
+) -> None:
+    """Synthetic images and CLIP classifiers from class names and a few labelled images. Every
+    output folder also gets run.log: the console lines plus debug detail and stage timings."""
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose exclude each other")
+    _CONSOLE["quiet"] = quiet
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # no progress bars either
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
+
 
 ConfigArg = Annotated[Optional[Path], typer.Argument(help="YAML config; defaults apply where it is silent.")]
 SetOpt = Annotated[
@@ -59,7 +122,7 @@ def run_verb(stage: str, config, **options) -> None:
     from synthshot.experiment import Experiment
     from synthshot.runs import run_stage
 
-    run_stage(Experiment(config), stage, echo=typer.echo, **options)
+    run_stage(Experiment(config), stage, echo=say, **options)
 
 
 @app.command()
@@ -83,7 +146,7 @@ def run(
         for index, (name, _) in enumerate(plan_runs(resolved)):
             typer.echo(f"{index}\t{name}")
         return
-    run_all(resolved, force=force, echo=typer.echo, run_index=run_index)
+    run_all(resolved, force=force, echo=say, run_index=run_index)
 
 
 @app.command()
@@ -91,10 +154,22 @@ def presets() -> None:
     """List the presets (paper settings per dataset) that `run` and `preset:` accept."""
     from synthshot.config import PRESETS_DIR, list_presets, read_yaml
 
-    for name in list_presets():
-        first = (PRESETS_DIR / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+    import re
+
+    names = list_presets()
+    for name in names:
+        text = (PRESETS_DIR / f"{name}.yaml").read_text(encoding="utf-8")
         read_yaml(PRESETS_DIR / f"{name}.yaml")
-        typer.echo(f"{name:<24} {first}")
+        comment = []
+        for line in text.splitlines():  # the leading comment, whose first sentence is the summary
+            if not line.startswith("#") or not line.lstrip("# ").strip():
+                break
+            comment.append(line.lstrip("# ").strip())
+        summary = re.split(r"(?<=\.)\s+(?=[A-Z(`])", " ".join(comment), maxsplit=1)[0]
+        typer.echo(f"{name:<24} {summary}")
+    example = "dipsy-dtd" if "dipsy-dtd" in names else names[0]
+    typer.echo(f"\nprint one: synthshot config {example}    run one: synthshot run {example} (or preset: {example} "
+               "in a config of your own)")
 
 
 @app.command()
@@ -206,9 +281,79 @@ def make_tiny(
     typer.echo(f"tiny model kit: {make_tiny_kit(folder, seed, overwrite=overwrite)}")
 
 
+@app.command()
+def predict(
+    source: Annotated[Path, typer.Argument(help="A run folder, or a folder written by `synthshot export`.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files, folders, or .txt files listing paths.")],
+    method: Annotated[Optional[str], typer.Option(
+        help="finetune | prototypes | text | combined | tip_adapter (default: the best on validation).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes per image.")] = 5,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="preds.csv or preds.jsonl.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward.")] = 32,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:1 ...")] = "auto",
+) -> None:
+    """Classify new images with a trained run or an export, with the preprocessing its evaluation
+    used. Unreadable images are reported and skipped; the exit code is then 3."""
+    from synthshot.classifier import collect_images, load_classifier, predict_files, write_predictions
+
+    files = collect_images(images)
+    clf = load_classifier(source, method, device=device)
+    skipped = []
+
+    def skip(path, reason):
+        skipped.append(path)
+        typer.echo(f"skipped {str(path)!r}: {reason}", err=True)
+
+    rows = predict_files(clf, files, top_k=top_k, batch_size=batch_size, on_skip=skip)
+    text = write_predictions(rows, output, top_k)
+    if text:
+        typer.echo(text)
+    where = f" -> {output}" if output else ""
+    typer.echo(f"{clf.method}: {len(rows)} image(s) classified, {len(skipped)} skipped{where}", err=True)
+    if skipped:
+        raise typer.Exit(3)
+
+
+@app.command()
+def export(
+    source: Annotated[Path, typer.Argument(help="A run folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The export folder to write.")],
+    method: Annotated[Optional[str], typer.Option(help="The classifier to export (default: the best on validation).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an earlier export in that folder.")] = False,
+) -> None:
+    """Write a standalone classifier: CLIP (LoRA merged) loadable with CLIPModel.from_pretrained, the
+    classifier head in safetensors, the classes, the processor and a model card."""
+    from synthshot.classifier import export_classifier
+
+    folder = export_classifier(source, output, method, force=force)
+    typer.echo(f"export: {folder}")
+
+
 @app.command("config")
-def show_config(config: ConfigArg = None, set_: SetOpt = None) -> None:
-    """Print the resolved config (defaults, file and overrides) as YAML."""
+def show_config(
+    config: Annotated[Optional[Path], typer.Argument(
+        metavar="CONFIG|KEY",
+        help="YAML config; defaults apply where it is silent. With --explain: the key or section to describe.")] = None,
+    set_: SetOpt = None,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Describe the config keys instead (type, default, meaning): every key, or only KEY, e.g. "
+        "generation.steps or a section such as finetune. The same reference is docs/config.md.")] = False,
+) -> None:
+    """Print the resolved config (defaults, file and overrides) as YAML; with --explain [KEY], what
+    each key means."""
+    if explain:
+        from synthshot.config_reference import explain as explain_keys
+        from synthshot.io import one_line
+
+        if set_:
+            raise typer.BadParameter("--explain describes the keys; it takes no --set")
+        try:
+            text = explain_keys(str(config) if config is not None else None)
+        except SynthshotError as exc:  # an unknown key: one line naming the closest, as `main` prints errors
+            typer.echo(f"error: {one_line(str(exc))}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(text, nl=False)
+        return
     from synthshot.config import dump_config
 
     typer.echo(dump_config(load(config, set_, False)), nl=False)
@@ -235,6 +380,7 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.setFormatter(_OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.INFO)  # run.log takes the debug detail; -v shows it here too
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -247,6 +393,8 @@ def main() -> None:
     try:
         # Without standalone mode click returns a command's exit code (typer.Exit) instead of exiting.
         code = app(standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into exit code 130 before it gets here
+            _interrupted()
         if isinstance(code, int) and code:
             sys.exit(code)
     except SynthshotError as exc:
@@ -255,8 +403,7 @@ def main() -> None:
         typer.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted: rerun the same command to resume; finished work is kept", err=True)
-        sys.exit(130)
+        _interrupted()
     except Exception as exc:  # click's usage errors carry their own exit code
         for exceptions in _click_exception_modules():
             if isinstance(exc, exceptions.ClickException):
@@ -267,6 +414,15 @@ def main() -> None:
             if isinstance(exc, exceptions.Abort):
                 sys.exit(1)
         raise
+
+
+def _interrupted() -> None:
+    """Ctrl-C: say what the interrupted stage had saved ("12 of 40 images saved") and how to go on."""
+    from synthshot.stages.base import Interrupted
+
+    saved = Interrupted.last or "finished work is kept"
+    typer.echo(f"interrupted: {saved}; rerun the same command to resume", err=True)
+    sys.exit(130)
 
 
 def _click_exception_modules() -> list:

@@ -39,7 +39,7 @@ class ModelsConfig(Section):
         description="Stable Diffusion pipeline (diffusers layout).",
     )
     ip_adapter: str = Field("h94/IP-Adapter", description="Repository or folder holding the IP-Adapter weights.")
-    ip_adapter_subfolder: str = "models"
+    ip_adapter_subfolder: str = Field("models", description="Folder of `ip_adapter` that holds the weight files.")
     ip_adapter_weights: list[str] = Field(
         default_factory=lambda: ["ip-adapter-plus_sd15.safetensors", "ip-adapter-plus_sd15.safetensors"],
         description="Adapter weight files (safetensors): positive adapter first, negative second.",
@@ -49,19 +49,25 @@ class ModelsConfig(Section):
         description="IP-Adapter image encoder as a hub id or folder; default: `image_encoder_subfolder` "
         "of the `ip_adapter` repository.",
     )
-    image_encoder_subfolder: str = "models/image_encoder"
+    image_encoder_subfolder: str = Field(
+        "models/image_encoder",
+        description="Folder of the `ip_adapter` repository holding the image encoder, used when `image_encoder` "
+        "is unset.",
+    )
     clip: str = Field("openai/clip-vit-base-patch16", description="CLIP model for similarity and classification.")
-    revision: str | None = None
-    cache_dir: Path | None = None
+    revision: str | None = Field(
+        None, description="Hub revision (branch, tag or commit) of the hub models; local folders ignore it."
+    )
+    cache_dir: Path | None = Field(None, description="Hub download cache; default: Hugging Face's (HF_HOME).")
 
 
 class DemoDataConfig(Section):
     """A small dataset of drawn shapes that synthshot makes itself, for the offline quickstart."""
 
-    classes: int = Field(4, ge=2, le=8)
-    images_per_class: int = Field(8, ge=1)
-    size: int = Field(64, ge=16)
-    seed: int = 0
+    classes: int = Field(4, ge=2, le=8, description="Number of classes, one shape each (circle, square, ...).")
+    images_per_class: int = Field(8, ge=1, description="Images drawn per class.")
+    size: int = Field(64, ge=16, description="Side of each square image, in pixels.")
+    seed: int = Field(0, description="Seed of the drawing (same seed, same bytes).")
 
 
 class DataConfig(Section):
@@ -69,14 +75,23 @@ class DataConfig(Section):
 
     root: Path | None = Field(None, description="Image folder (root/<class>/<image>) or a peer layout.")
     dataset: str | None = Field(None, description="Registry name (class names for prompts, prompt template).")
-    layout: Literal["auto", "imagefolder", "fewshot_seed", "shot_seed", "coop"] = "auto"
+    layout: Literal["auto", "imagefolder", "fewshot_seed", "shot_seed", "coop"] = Field(
+        "auto",
+        description="How root is laid out: imagefolder (root/<class>/<image>), fewshot_seed "
+        "(root[/real_train_fewshot]/seed<S>/<class>/), shot_seed (root/shot<K>_seed<S>/<class>/), coop (a CoOp "
+        "split file, see split_file), or auto (imagefolder or a peer layout, detected from the folder names).",
+    )
     split_file: Path | None = Field(
         None,
         description="layout coop: the split JSON ([path, label, classname] lists, paths relative to root); "
         "default: root/synthshot/split_coop.json as written by `synthshot datasets prepare`.",
     )
     shots: int = Field(16, ge=0, description="Real images per class; 0 = zero-shot (class names only).")
-    split_seed: int = 1
+    split_seed: int = Field(
+        1,
+        description="Seed of the few-shot draw (splits of one seed are nested across shot counts) and the seed<S> "
+        "folder of the peer layouts; `seeds` sets it per run.",
+    )
     allow_fewer: bool = Field(False, description="Allow classes with fewer than `shots` images.")
     skip_corrupt: bool = Field(False, description="Skip unreadable images with a warning instead of failing.")
     demo: DemoDataConfig | None = Field(None, description="Draw a demo dataset into <output_dir>/demo-data.")
@@ -111,34 +126,74 @@ class SimilarityConfig(Section):
         "normalized_mean: the same with every embedding normalised first; pairwise_mean: the mean cosine over "
         "all image pairs (the paper's prose).",
     )
-    temperature: float = Field(0.4, gt=0)
-    sampling: Literal["similarity", "uniform"] = "similarity"
-    batch_size: int = Field(32, ge=1)
+    temperature: float = Field(
+        0.4, gt=0, description="Softmax temperature of the negative-class distribution; lower puts more of it on the "
+        "most similar classes (DIPSY: 0.4).",
+    )
+    sampling: Literal["similarity", "uniform"] = Field(
+        "similarity", description="How dual generation draws each image's negative class: from that distribution, or "
+        "uniformly among the other classes (DIPSY's ablation).",
+    )
+    batch_size: int = Field(32, ge=1, description="Images per CLIP forward when embedding the few-shot images.")
 
 
 class GenerationConfig(Section):
     """Synthetic image generation with dual IP-Adapter guidance (DIPSY Eq. 9)."""
 
-    mode: Literal["dual", "single", "text"] = "dual"
-    images_per_class: int = Field(200, ge=1)
-    w_text: float = Field(7.5, ge=0)
-    w_pos: float = Field(6.0, ge=0)
-    w_neg: float = Field(6.0, ge=0)
-    ip_adapter_scale: float = Field(0.6, ge=0)
-    steps: int = Field(50, ge=1)
+    mode: Literal["dual", "single", "text"] = Field(
+        "dual",
+        description="dual: a positive and a negative IP-Adapter image (DIPSY Eq. 9); single: the positive only "
+        "(Eq. 8); text: Stable Diffusion from the prompt alone.",
+    )
+    images_per_class: int = Field(200, ge=1, description="Synthetic images per class (DIPSY: 200; LGCLIP: 10).")
+    w_text: float = Field(7.5, ge=0, description="Text (classifier-free) guidance scale (DIPSY: 7.5).")
+    w_pos: float = Field(
+        6.0, ge=0, description="Guidance scale toward the positive image (DIPSY: 6.0); modes dual and single."
+    )
+    w_neg: float = Field(6.0, ge=0, description="Guidance scale away from the negative image (DIPSY: 6.0); mode dual.")
+    ip_adapter_scale: float = Field(0.6, ge=0, description="Weight of the IP-Adapters' image attention (DIPSY: 0.6).")
+    steps: int = Field(50, ge=1, description="Denoising steps per image (DIPSY: 50).")
     scheduler: Literal["dpm", "ddim", "euler", "default"] = Field(
         "dpm", description="DPM-Solver multistep (DIPSY), DDIM, Euler, or the pipeline's own (default)."
     )
-    height: int = Field(512, ge=8)
-    width: int = Field(512, ge=8)
-    precision: Precision = "fp16"
-    attention: Literal["sdpa", "eager"] = "sdpa"
-    compile: bool = False
+    height: int = Field(512, ge=8, description="Image height in pixels, a multiple of 8 (DIPSY: 512).")
+    width: int = Field(512, ge=8, description="Image width in pixels, a multiple of 8 (DIPSY: 512).")
+    precision: Precision = Field("fp16", description="Stable Diffusion's precision; always fp32 on the CPU.")
+    attention: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="PyTorch's scaled-dot-product attention, or the plain matmul-softmax processors (eager)."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the UNet (static shapes: one compilation per batch size, none between "
+        "batches): a slower start, faster steps; an error where the device's compiler backend is missing.",
+    )
+    timestep_schedule: Literal["default", "ays"] = Field(
+        "default", description="default: the scheduler's own spacing of the steps; ays: Align Your Steps' SD-1.5 "
+        "timesteps (10 steps, log-linearly interpolated in noise level to other counts; schedulers dpm and euler).",
+    )
+    image_guidance_interval: tuple[float, float] = Field(
+        (0.0, 1.0), description="[lo, hi]: the image branches (positive, negative) run only at the steps whose "
+        "fraction of the trajectory done, i / steps for step i = 0, 1, ..., lies in [lo, hi) (0 = the first, "
+        "noisiest step); elsewhere plain text guidance with half the U-Net evaluations (Kynkaanniemi et al. 2024). "
+        "Default [0, 1]: every step (DIPSY).",
+    )
+    cache_interval: int | None = Field(
+        None, ge=1, description="DeepCache: run the whole U-Net every k-th step and only its shallowest blocks in "
+        "between, reusing the deep features (for all guidance branches at once); null or 1: off (DIPSY).",
+    )
+    channels_last: bool = Field(False, description="Channels-last memory layout for the UNet and the VAE (faster convolutions on many GPUs).")
+    vae_batch_size: int | None = Field(
+        None, ge=1, description="Decode at most this many latents per VAE call (bounds memory); null: the whole batch."
+    )
     batch_size: int = Field(4, ge=1, description="Images per denoising batch.")
     template: str | None = Field(None, description="Prompt template with `{}`; default: the dataset's.")
     empty_text: bool = Field(False, description="Ablation: an empty prompt instead of the class prompt.")
-    augment: bool = True
-    image_format: Literal["png", "jpeg"] = "png"
+    augment: bool = Field(
+        True, description="Randomly flip, crop and rotate each IP-Adapter input image (DIPSY Sec. 3.4); false: the "
+        "ablation without.",
+    )
+    image_format: Literal["png", "jpeg"] = Field(
+        "png", description="png (lossless) or jpeg (quality 95, as DIPSY's official code)."
+    )
     prompts_file: Path | None = Field(
         None,
         description="prompts.json (class -> prompts) to draw prompts from; default: the `prompts` stage's "
@@ -155,12 +210,35 @@ class GenerationConfig(Section):
             raise ValueError(f"template {value!r} has no '{{}}' where the class name goes")
         return value
 
+    @field_validator("image_guidance_interval")
+    @classmethod
+    def _interval_in_order(cls, value: tuple[float, float]) -> tuple[float, float]:
+        from synthshot.generation.guidance import check_interval
+
+        try:
+            return check_interval(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _schedule_fits_scheduler(self):
+        if self.timestep_schedule == "ays" and self.scheduler not in ("dpm", "euler", "default"):
+            raise ValueError(
+                f"generation.timestep_schedule ays needs a scheduler that takes given timesteps (dpm, euler), "
+                f"not generation.scheduler {self.scheduler}"
+            )
+        return self
+
 
 class PromptsConfig(Section):
     """Class prompts for text-to-image prototypes (LGCLIP): registry templates or an LLM."""
 
-    backend: Literal["template", "openai", "transformers"] = "template"
-    per_class: int = Field(10, ge=1, description="Prompts per class.")
+    backend: Literal["template", "openai", "transformers"] = Field(
+        "template",
+        description="template: the dataset's prompt templates (no model); openai: an OpenAI-compatible chat endpoint "
+        "(base_url); transformers: a chat model run locally with transformers (model).",
+    )
+    per_class: int = Field(10, ge=1, description="Prompts per class (LGCLIP: 10).")
     model: str | None = Field(None, description="LLM: the endpoint's model name (openai) or a hub id / folder (transformers).")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")
     api_key_env: str | None = Field(
@@ -183,8 +261,8 @@ class PromptsConfig(Section):
         "many valid prompts; default: per_class, or 1 with generation.prompt_cycle: first (only the first is drawn).",
     )
     instruction: str | None = Field(None, description="LLM instruction with {n} and {name}; default: LGCLIP's.")
-    min_chars: int = Field(12, ge=1)
-    max_chars: int = Field(300, ge=20)
+    min_chars: int = Field(12, ge=1, description="Reject LLM prompts shorter than this many characters.")
+    max_chars: int = Field(300, ge=20, description="Reject LLM prompts longer than this many characters.")
     max_tokens: int | None = Field(
         None, ge=3, description="Reject LLM prompts longer than this many tokens of models.diffusion's CLIP tokenizer "
         "(start and end tokens included; its text encoder reads 77 and cuts the rest); default: no limit.",
@@ -207,22 +285,40 @@ class EvalDataConfig(Section):
     """Labelled images to evaluate on: an image folder, a CoOp split file, or the images of
     `data.root` left out of the few-shot split."""
 
-    source: Literal["heldout", "folder", "coop"] = "heldout"
-    root: Path | None = Field(None, description="folder: root/<class>/<image>; coop: the image root of the split file.")
-    split_file: Path | None = Field(None, description="coop: the split JSON ([path, label, classname] lists).")
-    split: Literal["train", "val", "test"] = "test"
+    source: Literal["heldout", "folder", "coop"] = Field(
+        "heldout",
+        description="heldout: the images of data.root not in the few-shot split (see data.holdout_shots); folder: "
+        "the image folder `root`; coop: the `split` list of a CoOp split file.",
+    )
+    root: Path | None = Field(
+        None, description="folder: root/<class>/<image>; coop: the image root of the split file (default: data.root)."
+    )
+    split_file: Path | None = Field(
+        None, description="coop: the split JSON ([path, label, classname] lists); default: the data's split file."
+    )
+    split: Literal["train", "val", "test"] = Field("test", description="coop: which list of the split file to read.")
     max_per_class: int | None = Field(None, ge=1, description="Evaluate on at most this many images per class (seeded).")
 
 
 class FeaturesConfig(Section):
     """CLIP image features, single- or multi-scale (LGCLIP), cached per file."""
 
-    multiscale: bool = False
-    scales: list[int] = Field(default_factory=lambda: list(range(1, 11)), description="Crop areas s/10 of the image.")
+    multiscale: bool = Field(
+        False, description="LGCLIP's multi-scale feature: the weighted mean of the features of crops at `scales`; "
+        "false: one feature of the whole image.",
+    )
+    scales: list[int] = Field(
+        default_factory=lambda: list(range(1, 11)),
+        description="Crop areas s/10 of the image, distinct integers in 1..10, each weighted s / sum(scales) "
+        "(LGCLIP: 1..10).",
+    )
     seed: int = Field(0, description="Seed of the multi-scale crops (mixed with each image's pixels).")
     batch_size: int = Field(32, ge=1, description="Images per encoder forward (all their crops together).")
-    precision: Precision = "fp32"
-    backend: Literal["auto", "transformers", "open_clip"] = "auto"
+    precision: Precision = Field("fp32", description="Precision of the CLIP image encoder; always fp32 on the CPU.")
+    backend: Literal["auto", "transformers", "open_clip"] = Field(
+        "auto", description="Library that loads models.clip; auto: open_clip for `open_clip:` and `hf-hub:` names, "
+        "else transformers.",
+    )
     adapter: Path | None = Field(None, description="A LoRA adapter folder saved by `synthshot finetune`.")
 
     @field_validator("scales")
@@ -237,14 +333,29 @@ class ClassifierConfig(Section):
     """Training-free classifiers over CLIP features (`prototypes`, `evaluate`)."""
 
     methods: list[Literal["prototypes", "text", "combined", "tip_adapter"]] = Field(
-        default_factory=lambda: ["prototypes", "text", "combined", "tip_adapter"]
+        default_factory=lambda: ["prototypes", "text", "combined", "tip_adapter"],
+        description="Classifiers `evaluate` scores: prototypes (the class means of the synthetic features, LGCLIP), "
+        "text (CLIP zero-shot), combined (a mixture of the two), tip_adapter (a cache model of the synthetic "
+        "features).",
     )
     score: Literal["dot", "cosine"] = Field("dot", description="Prototype scoring: dot product (official) or cosine.")
-    text_templates: Literal["single", "ensemble"] = "single"
+    text_templates: Literal["single", "ensemble"] = Field(
+        "single", description="Class prompts of the text classifiers: the dataset's first zero-shot template, or all "
+        "of them averaged.",
+    )
     combine_weight: float = Field(0.5, ge=0, le=1, description="Weight of the image prototypes in `combined`.")
-    tip_alpha: list[float] = Field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 5.0])
-    tip_beta: list[float] = Field(default_factory=lambda: [1.0, 3.0, 5.5, 7.0, 10.0])
-    test: EvalDataConfig = Field(default_factory=EvalDataConfig)
+    tip_alpha: list[float] = Field(
+        default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 5.0],
+        description="Tip-Adapter's alpha (weight of the cache) values searched on validation data; without it, 1.0.",
+    )
+    tip_beta: list[float] = Field(
+        default_factory=lambda: [1.0, 3.0, 5.5, 7.0, 10.0],
+        description="Tip-Adapter's beta (sharpness of the affinities) values searched on validation data; without "
+        "it, 5.5.",
+    )
+    test: EvalDataConfig = Field(
+        default_factory=EvalDataConfig, description="Test data of the classifiers: reported, never used to choose."
+    )
     val: EvalDataConfig | None = Field(None, description="Validation data to choose alpha/beta and combine weight.")
 
 
@@ -275,21 +386,26 @@ class FinetuneConfig(Section):
         description="Named settings: datadream (DataDream / DIPSY) or clip-lora (CLIP-LoRA); keys set explicitly win.",
     )
     lam: float = Field(0.8, ge=0, le=1, description="Weight of the real-image loss; 1 = real only, 0 = synthetic only.")
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: float = Field(32, gt=0)
-    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    lora_r: int = Field(16, ge=1, description="LoRA rank (DIPSY: 16).")
+    lora_alpha: float = Field(32, gt=0, description="LoRA alpha: the update is scaled by alpha / r (DIPSY: 32).")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the input of the LoRA matrices (DIPSY: 0.1).")
     lora_targets: list[Literal["q_proj", "k_proj", "v_proj", "out_proj"]] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"], min_length=1
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"],
+        min_length=1,
+        description="Attention projections that get LoRA, in every layer of the chosen towers.",
     )
-    towers: list[Literal["vision", "text"]] = Field(default_factory=lambda: ["vision", "text"], min_length=1)
+    towers: list[Literal["vision", "text"]] = Field(
+        default_factory=lambda: ["vision", "text"], min_length=1,
+        description="CLIP encoders that are adapted; a tower left out stays frozen.",
+    )
     text_templates: Literal["single", "ensemble"] = Field(
         "single", description="Class prompts: the dataset's first zero-shot template, or all of them averaged."
     )
-    lr: float = Field(1e-4, gt=0, lt=1)
+    lr: float = Field(1e-4, gt=0, lt=1, description="Peak AdamW learning rate (DIPSY: 1e-4).")
     min_lr: float = Field(1e-8, ge=0, description="Learning rate at the end of the cosine schedule.")
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (the dipsy presets: 1e-4).")
     epochs: int = Field(10, ge=1, description="Training is cut into this many epochs (a checkpoint and validation each).")
-    warmup_steps: int = Field(50, ge=0)
+    warmup_steps: int = Field(50, ge=0, description="Steps of linear learning-rate warm-up before the cosine decay.")
     steps_per_epoch: int | None = Field(
         None, ge=1, description="At most this many steps per epoch (quick runs); default: one pass over the data."
     )
@@ -302,23 +418,48 @@ class FinetuneConfig(Section):
     select: Literal["val", "last"] = Field(
         "val", description="The adapter kept: the epoch best on validation (the last without validation data), or the last."
     )
-    batch_size: int = Field(32, ge=2, description="Images per step and process: half real, half synthetic.")
-    eval_batch_size: int = Field(64, ge=1)
-    precision: Precision = "bf16"
-    gradient_checkpointing: bool = False
-    augment: bool = True
+    batch_size: int = Field(32, ge=2, description="Images per step and process, even: half real, half synthetic.")
+    eval_batch_size: int = Field(64, ge=1, description="Images per forward when evaluating validation and test data.")
+    precision: Precision = Field(
+        "bf16", description="Mixed precision of training: fp32 on the CPU, fp16 on GPUs without bf16."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, slower steps."
+    )
+    augment: bool = Field(
+        True, description="Augment the training images (the keys below); false: the evaluation preprocessing only."
+    )
     crop_scale: tuple[float, float] = Field((0.25, 1.0), description="Random resized crop: range of the area kept.")
     randaugment_ops: int = Field(2, ge=0, description="RandAugment operations per image (0 = none).")
-    randaugment_magnitude: int = Field(9, ge=0, le=30)
-    color_jitter_prob: float = Field(0.8, ge=0, le=1)
-    grayscale_prob: float = Field(0.2, ge=0, le=1)
-    blur_prob: float = Field(0.2, ge=0, le=1)
-    solarize_prob: float = Field(0.2, ge=0, le=1)
-    num_workers: int = Field(2, ge=0)
+    randaugment_magnitude: int = Field(9, ge=0, le=30, description="RandAugment magnitude, of 30 (torchvision's).")
+    color_jitter_prob: float = Field(
+        0.8, ge=0, le=1,
+        description="Probability of colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1).",
+    )
+    grayscale_prob: float = Field(0.2, ge=0, le=1, description="Probability of turning an image to grayscale.")
+    blur_prob: float = Field(0.2, ge=0, le=1, description="Probability of a Gaussian blur (radius 0.1 to 2 pixels).")
+    solarize_prob: float = Field(0.2, ge=0, le=1, description="Probability of solarizing an image (threshold 128).")
+    num_workers: int = Field(
+        2, ge=0, description="Data-loading worker processes per process, at most the CPUs available; 0: in-process."
+    )
     log_every: int = Field(10, ge=1, description="Steps between lines of metrics.jsonl.")
-    tensorboard: bool = False
-    val: EvalDataConfig | None = None
-    test: EvalDataConfig = Field(default_factory=EvalDataConfig)
+    tensorboard: bool = Field(
+        False, description="Also log to TensorBoard in <output_dir>/finetune/trackers (the same as trackers: "
+        "[tensorboard]; needs the tensorboard package); metrics.jsonl is written either way.",
+    )
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list,
+        description="Experiment trackers for the fine-tuning curves and results, through accelerate: tensorboard "
+        "(in <output_dir>/finetune/trackers) and/or wandb (Weights & Biases); each needs its package (extras "
+        "synthshot[tensorboard], synthshot[wandb]).",
+    )
+    val: EvalDataConfig | None = Field(
+        None, description="Validation data that chooses the epoch kept (select: val); default: none, the last epoch."
+    )
+    test: EvalDataConfig = Field(
+        default_factory=EvalDataConfig,
+        description="Test data, evaluated once with the adapter kept; never used to choose.",
+    )
 
     @model_validator(mode="wrap")
     @classmethod
@@ -375,7 +516,11 @@ class RunConfig(Section):
     """A whole experiment: shared settings plus one section per stage."""
 
     preset: str | None = Field(None, description="Start from this preset of synthshot/presets (see `synthshot presets`).")
-    output_dir: Path = Path("runs/default")
+    output_dir: Path = Field(
+        Path("runs/default"),
+        description="Folder of the run's outputs (config.resolved.yaml, one folder per stage); sweeps, seeds and "
+        "controls put their runs in folders under it.",
+    )
     synthetic_dir: Path | None = Field(
         None, description="Where generation writes and readers find the synthetic set; default: output_dir."
     )
@@ -383,10 +528,17 @@ class RunConfig(Section):
         None,
         description="Dotted keys -> lists of values; `run` expands them into one named run per combination.",
     )
-    seed: int = 0
+    seed: int = Field(
+        0, description="Seed of generation (each image's draws and noise), fine-tuning (LoRA init, data order, "
+        "augmentation) and the max_per_class draw of evaluation sets.",
+    )
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     offline: bool = Field(False, description="Never touch the network (sets HF_HUB_OFFLINE).")
-    stages: list[Stage] = Field(default_factory=lambda: list(DEFAULT_STAGES))
+    stages: list[Stage] = Field(
+        default_factory=lambda: list(DEFAULT_STAGES),
+        description="Stages `synthshot run` runs, always in pipeline order (data, prompts, similarity, generate, "
+        "features, prototypes, finetune, evaluate, report).",
+    )
     seeds: list[int] | None = Field(
         None,
         description="One run per seed in output_dir/seed=<n> (the seed and data.split_seed both set to it), "

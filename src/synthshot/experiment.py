@@ -20,8 +20,10 @@ never reads an image.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from synthshot.config import RunConfig
 from synthshot.data.labelled import LabelledImages
@@ -93,7 +95,9 @@ class FewShotData:
         return list(self.split)
 
     def prompts(self, template: str) -> dict[str, str]:
-        return {key: template.format(name) for key, name in self.class_names.items()}
+        from synthshot.prompts.templates import fill_template
+
+        return {key: fill_template(template, name) for key, name in self.class_names.items()}
 
     def files(self) -> set[Path]:
         return {p.resolve() for files in self.split.values() for p in files}
@@ -128,6 +132,63 @@ class Experiment:
         self.config = config
         self.layout = Layout(out=config.output_dir, synthetic=config.synthetic_dir)
 
+    # ------------------------------------------------------------------------------ Python API
+    @classmethod
+    def from_config(cls, config: str | Path | dict | RunConfig | None = None, /, **overrides: Any) -> Experiment:
+        """An experiment from a YAML file, a preset name, a config dict or a `RunConfig`, with
+        overrides by dotted key (values as Python objects):
+
+            exp = Experiment.from_config("cfg.yaml", **{"data.shots": 4, "output_dir": "runs/s4"})
+        """
+        from synthshot.config import apply_override, expand_presets, load_config, validate_config
+
+        if isinstance(config, RunConfig):
+            tree = config.model_dump(mode="json")
+        elif isinstance(config, dict):
+            tree = json.loads(json.dumps(config, default=str))
+        else:
+            tree = load_config(config).model_dump(mode="json") if config is not None else {}
+        for key, value in overrides.items():
+            apply_override(tree, key.split("."), value)
+        return cls(validate_config(expand_presets(tree), RunConfig, source=str(config or "config")))
+
+    def run(self, stages: list[str] | None = None, *, force: bool = False, echo=print) -> list[str]:
+        """Run the config's stages (or only `stages`, in pipeline order), skipping those already
+        done unless `force`; return the names of the stages that ran."""
+        from synthshot import runs
+        from synthshot.stages import STAGES
+
+        if stages is None:
+            return runs.run_stages(self, force=force, echo=echo)
+        unknown = [name for name in stages if name not in STAGES]
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {unknown}: choose from {', '.join(STAGES)}")
+        prints = runs.stage_fingerprints(self)
+        ran = []
+        for name in [s for s in STAGES if s in stages]:
+            if not force and runs.is_finished(self, name, prints[name]):
+                continue
+            options = {"mode": "restart" if force else "auto"} if name == "finetune" else {}
+            runs.run_stage(self, name, echo=echo, **options)
+            ran.append(name)
+        return ran
+
+    def results(self) -> dict[str, dict]:
+        """The results of the run's evaluating stages: {"evaluate": results.json, "finetune": ...}."""
+        from synthshot.results import read_results
+
+        found = {}
+        for stage, folder in (("evaluate", self.layout.evaluate), ("finetune", self.layout.finetune)):
+            if (folder / "results.json").is_file():
+                found[stage] = read_results(folder / "results.json")
+        return found
+
+    def classifier(self, method: str | None = None):
+        """The run's trained classifier (`synthshot.load_classifier` on the output folder)."""
+        from synthshot.classifier import load_classifier
+
+        return load_classifier(self.layout.out, method, device=self.config.device)
+
     def claim_output(self) -> Path:
         """Make the output folder synthshot's before the first write into it: a new or empty folder
         gets the `.synthshot/` marker, a folder with it is accepted, and any other folder (someone
@@ -154,7 +215,7 @@ class Experiment:
     @functools.cached_property
     def dataset_name(self) -> str:
         data = self.config.data
-        return data.dataset or ("demo" if data.demo is not None else Path(data.root).name)
+        return name_dataset(data.dataset, data.demo is not None, data.root)
 
     @functools.cached_property
     def data_root(self) -> Path | None:
@@ -390,6 +451,25 @@ class Experiment:
         if test is not None:
             info["test_set"] = describe_images(test)
         return info
+
+
+# Folder names that say which part of a dataset a folder holds, not which dataset it is.
+SPLIT_FOLDERS = frozenset({"train", "training", "trainval", "val", "valid", "validation", "test", "testing", "all",
+                           "images", "imgs", "jpg", "jpeg", "data"})
+
+
+def name_dataset(dataset: str | None, demo: bool, root: str | Path | None) -> str:
+    """The dataset's name in split files, tables and the report: `data.dataset`, "demo", or the
+    image folder's name, passing over folders named after a split (`cats/train` is "cats")."""
+    if dataset:
+        return dataset
+    if demo or root is None:
+        return "demo" if demo else "images"
+    folder = Path(root).expanduser().absolute()
+    for candidate in (folder, *folder.parents):
+        if candidate.name and candidate.name.lower() not in SPLIT_FOLDERS:
+            return candidate.name
+    return folder.name or "images"
 
 
 def describe_images(images: LabelledImages) -> dict:

@@ -17,6 +17,7 @@ sweep ends with its table and report, and with an error when any run failed.
 from __future__ import annotations
 
 import itertools
+import logging
 import json
 import time
 import traceback
@@ -27,8 +28,10 @@ from synthshot.config import RunConfig, apply_override, validate_config, write_r
 from synthshot.distributed import is_main_process, launch, process_state
 from synthshot.errors import ConfigError, SynthshotError
 from synthshot.experiment import STATE_FILE, Experiment, synthetic_set_name
+from synthshot.runlog import run_log
 from synthshot.io import MARKER, atomic_write_json, atomic_write_text, claim_folder, is_claimed, json_digest, parse_json, slugify
 
+logger = logging.getLogger(__name__)
 SHARED = "shared"
 SPLIT_STAGES = frozenset({"generate", "features", "finetune"})  # split between the processes of a launch
 CONTROLS = "controls"
@@ -100,14 +103,16 @@ def run_stage(exp: Experiment, name: str, *, echo=print, **options) -> Any:
 
     stage = STAGES[name]
     exp.claim_output()
-    _write_state(exp, lambda state: state.pop(name, None))
-    started = time.perf_counter()
-    processes = process_state(exp.device) if launch().world > 1 else None
-    if processes is None or name in SPLIT_STAGES:
-        result = stage.run(exp, echo=echo, **options)
-    else:  # a stage that is not split between processes: the main process runs it, the others wait
-        result = stage.run(exp, echo=echo, **options) if processes.is_main_process else None
-        processes.wait_for_everyone()
+    with run_log(exp.layout.out, echo) as echo:
+        _write_state(exp, lambda state: state.pop(name, None))
+        started = time.perf_counter()
+        processes = process_state(exp.device) if launch().world > 1 else None
+        if processes is None or name in SPLIT_STAGES:
+            result = stage.run(exp, echo=echo, **options)
+        else:  # a stage that is not split between processes: the main process runs it, the others wait
+            result = stage.run(exp, echo=echo, **options) if processes.is_main_process else None
+            processes.wait_for_everyone()
+        logger.debug("stage %s took %.1f s", name, time.perf_counter() - started)
     if stage.outputs_complete(exp):
         fingerprint = stage_fingerprints(exp)[name]
         record = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - started, 3),
@@ -119,10 +124,15 @@ def run_stage(exp: Experiment, name: str, *, echo=print, **options) -> Any:
 def run_stages(config: RunConfig | Experiment, *, force: bool = False, echo=print) -> list[str]:
     """Run the config's stages in pipeline order; return the names of those that ran. With
     `force`, every stage runs again (fine-tuning from scratch, its old run moved aside)."""
-    from synthshot.stages import STAGES
-
     exp = config if isinstance(config, Experiment) else Experiment(config)
     exp.claim_output()
+    with run_log(exp.layout.out, echo) as echo:
+        return _run_stages(exp, force=force, echo=echo)
+
+
+def _run_stages(exp: Experiment, *, force: bool, echo) -> list[str]:
+    from synthshot.stages import STAGES
+
     write_resolved_config(exp.config, exp.layout.out)
     prints = stage_fingerprints(exp)
     ran = []

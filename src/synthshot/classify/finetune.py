@@ -37,6 +37,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,10 @@ from torch import nn
 
 from synthshot.classify.lora import LoraSettings
 from synthshot.classify.losses import weighted_loss
+
+# peft asks every model it wraps for `is_gradient_checkpointing`, which transformers 5 deprecates
+# with a FutureWarning in every fine-tuning run; nothing here uses the old name. Only that message.
+warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 from synthshot.classify.text import PromptTokens, encode_class_prompts, image_embeddings
 from synthshot.errors import ConfigError, DataError, SynthshotError
 from synthshot.io import (
@@ -181,8 +186,9 @@ def train_epoch(classifier, loader, optimizer, scheduler, accelerator, lam: floa
 
 
 @torch.no_grad()
-def predict(classifier, loader, accelerator) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted and true labels of every image of a prepared loader, gathered from all processes."""
+def predict(classifier, loader, accelerator, bar=None) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true labels of every image of a prepared loader, gathered from all processes;
+    `bar` (a `progress_bar`) advances by one per batch and is closed at the end."""
     model = accelerator.unwrap_model(classifier)
     was_training = model.training
     model.eval()
@@ -194,6 +200,10 @@ def predict(classifier, loader, accelerator) -> tuple[np.ndarray, np.ndarray]:
         found, true = accelerator.gather_for_metrics((logits.argmax(dim=-1), labels))
         predictions.append(found.cpu())
         targets.append(true.cpu())
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     model.train(was_training)
     return torch.cat(predictions).numpy(), torch.cat(targets).numpy()
 
@@ -263,21 +273,63 @@ def result_params(settings, lora, chosen, total_steps, real, synthetic, template
     }
 
 
-def progress_bar(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "step"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
 
 
-def tensorboard_writer(out: Path, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError("finetune.tensorboard=true needs the tensorboard package: `pip install tensorboard`, "
-                          "or set finetune.tensorboard=false (metrics.jsonl is written either way)") from None
-    return SummaryWriter(str(out / "tensorboard"))
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+class Trackers:
+    """The fine-tuning curves and results sent to experiment trackers through accelerate's tracker
+    classes (TensorBoard in `<finetune>/trackers`, Weights & Biases), main process only. Without
+    trackers every call does nothing; metrics.jsonl is written either way."""
+
+    def __init__(self, trackers: list):
+        self.trackers = trackers
+
+    def log(self, values: dict, step: int | None = None) -> None:
+        for tracker in self.trackers:
+            tracker.log(values, step=step)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.finish()
+
+
+def make_trackers(names: list[str], out: Path, run_name: str, config: dict) -> Trackers:
+    """Start the trackers named in `finetune.trackers`; a tracker whose package is missing is a
+    one-line error naming the package to install."""
+    import importlib.util
+
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    trackers = []
+    for name in dict.fromkeys(names):
+        if not any(importlib.util.find_spec(package) for package in TRACKER_PACKAGES[name]):
+            raise ConfigError(f"finetune.trackers names {name}, whose package is not installed: pip install "
+                              f"{TRACKER_PACKAGES[name][0]} (or pip install 'synthshot[{name}]'), or remove it")
+        cls = LOGGER_TYPE_TO_CLASS[name]
+        tracker = cls(run_name, logging_dir=str(out / "trackers")) if name == "tensorboard" else cls(run_name)
+        if hasattr(tracker, "start"):
+            tracker.start()
+        tracker.store_init_configuration(_flat(config))
+        trackers.append(tracker)
+    return Trackers(trackers)
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """Nested config -> {"a.b": value} with scalar values (what trackers store as hyper-parameters)."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat(value, name + "."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) or value is None else json.dumps(value)
+    return flat
 
 
 def trim_metrics(path: Path, epochs_done: int) -> None:

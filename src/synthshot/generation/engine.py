@@ -4,6 +4,7 @@ items (positive/negative files, seeds) into images for the runner."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,12 +39,39 @@ def make_scheduler(name: str, config):
     return getattr(diffusers, SCHEDULERS[name]).from_config(config)
 
 
+def compile_unavailable(device: str) -> str | None:
+    """Why torch.compile (its default inductor backend) cannot run on `device`, or None."""
+    import shutil
+
+    try:
+        from torch import _dynamo
+
+        if not _dynamo.is_dynamo_supported():
+            return f"torch.compile is not supported by this Python/PyTorch ({torch.__version__})"
+    except Exception as exc:  # an unsupported Python raises here
+        return f"torch.compile is not available: {exc}"
+    kind = torch.device(device).type
+    if kind == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "inductor needs Triton for CUDA, and Triton is not installed"
+    elif kind == "cpu":
+        if not any(shutil.which(name) for name in (os.environ.get("CXX") or "g++", "g++", "clang++", "c++")):
+            return "inductor needs a C++ compiler (g++ or clang++) on the CPU, and none is on PATH"
+    elif kind != "mps":
+        return f"no torch.compile backend is known to work on {kind!r} devices"
+    return None
+
+
 def load_pipeline(
     models: ModelsConfig, generation: GenerationConfig, options: HubOptions, device: str
 ) -> DualIPAdapterPipeline:
     """Stable Diffusion + the IP-Adapters the mode needs (none for text), on `device`."""
     from synthshot.models.diffusion import load_ip_adapters, load_sd_pipeline
 
+    if generation.compile and (why := compile_unavailable(device)):  # before any weight loads
+        raise ConfigError(f"generation.compile is true but {why}: set generation.compile: false")
     dtype = resolve_dtype(generation.precision, device)
     sd = load_sd_pipeline(models.diffusion, options, dtype=dtype)
     if generation.mode != "text":
@@ -61,8 +89,10 @@ def load_pipeline(
     pipe.to(device)
     pipe.set_attention(generation.attention)
     pipe.set_progress_bar_config(disable=True)
+    if generation.channels_last:
+        pipe.to_channels_last()
     if generation.compile:
-        pipe.unet = torch.compile(pipe.unet)
+        pipe.compile()
     return pipe
 
 
@@ -122,6 +152,10 @@ class PipelineRenderer:
                 width=self.config.width,
                 generator=[torch.Generator().manual_seed(item_noise_seed(item)) for _, item, _, _ in ready],
                 mode=mode,
+                image_guidance_interval=self.config.image_guidance_interval,
+                cache_interval=self.config.cache_interval,
+                timestep_schedule=self.config.timestep_schedule,
+                vae_batch_size=self.config.vae_batch_size,
             ).images
             for (position, *_), image in zip(ready, images):
                 results[position] = image

@@ -1,9 +1,11 @@
 """What a synthetic image depends on, as data: recorded with every image and compared on reuse.
 
 * `image_settings(config)`: every setting an image depends on (models, mode, scales, steps,
-  scheduler, size, precision, attention, seed, augmentation, negative sampling, format). Batch
-  size and compilation are left out: an image is the same whatever the batch (items carry their
-  own seeds).
+  scheduler, size, precision, attention, seed, augmentation, negative sampling, format), and
+  the speed options that change images (a timestep schedule, a guidance interval, DeepCache's
+  interval), each only when it is not the default, so that sets made before these options existed
+  keep their fingerprints. Batch size, compilation, channels-last layout and the VAE batch are
+  left out: they change an image by float rounding at most (items carry their own seeds).
 * `item_fingerprint(settings, item, root)`: the settings' digest plus what the work item itself
   names (class, index, seed, prompt, positive and negative files relative to the data root, so a
   moved dataset keeps its images). A finished image is reused only when its record carries the
@@ -40,6 +42,12 @@ def image_settings(config) -> dict:
         "image_format": "jpg" if gen.image_format in ("jpg", "jpeg") else gen.image_format,
         "models": {"diffusion": models.diffusion, "revision": models.revision},
     }
+    if gen.timestep_schedule != "default":
+        settings["timestep_schedule"] = gen.timestep_schedule
+    if gen.cache_interval not in (None, 1):
+        settings["cache_interval"] = gen.cache_interval
+    if adapters and tuple(gen.image_guidance_interval) != (0.0, 1.0):
+        settings["image_guidance_interval"] = list(gen.image_guidance_interval)
     if adapters:
         settings.update(w_pos=gen.w_pos, ip_adapter_scale=gen.ip_adapter_scale, augment=gen.augment)
         settings["models"].update(ip_adapter=models.ip_adapter, ip_adapter_subfolder=models.ip_adapter_subfolder,

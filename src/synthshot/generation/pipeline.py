@@ -17,6 +17,15 @@ adapter at its scale. The four branches then go through the U-Net as one batch o
 The image tokens do not change during denoising, so each image is projected once, here, rather
 than at every step inside the U-Net: the U-Net's own projection module is replaced by
 `ProjectedImageTokens`, which passes the gated tokens through.
+
+Options that trade work for speed (all off by default, which is DIPSY's own behaviour):
+
+* a guidance interval: the image branches run only on part of the trajectory, elsewhere only
+  [e0, eT] (plain classifier-free guidance, half the U-Net evaluations in dual mode);
+* DeepCache (`synthshot.generation.deepcache`): every k-th step runs the whole U-Net, the steps in
+  between only its shallow blocks, for all branches of the batch at once;
+* Align Your Steps timesteps (`synthshot.generation.schedules`), decoding in VAE batches, and
+  `compile` (static shapes, so a batch of a size already seen never recompiles).
 """
 
 from __future__ import annotations
@@ -38,7 +47,17 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from synthshot.errors import ConfigError, ModelError
-from synthshot.generation.guidance import check_scale, dual_ip_guidance, guidance_branches
+from synthshot.generation.deepcache import DeepCacheUNet
+from synthshot.generation.guidance import (
+    FULL_INTERVAL,
+    check_cache_interval,
+    check_interval,
+    check_scale,
+    dual_ip_guidance,
+    guidance_branches,
+    step_plan,
+)
+from synthshot.generation.schedules import check_schedule, set_timesteps
 
 Mode = Literal["dual", "single", "text"]
 IP_PROCESSORS = (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)
@@ -88,6 +107,7 @@ class DualIPAdapterPipeline(DiffusionPipeline):
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._compiled: dict[str, Any] = {}  # "unet", "full", "shallow": compiled callables (see `compile`)
 
     @classmethod
     def from_sd_pipeline(cls, pipe) -> "DualIPAdapterPipeline":
@@ -136,6 +156,32 @@ class DualIPAdapterPipeline(DiffusionPipeline):
             else:
                 processors[name] = plain()
         self.unet.set_attn_processor(processors)
+
+    def compile(self, backend: str = "inductor", mode: str | None = None) -> None:
+        """torch.compile the U-Net (and DeepCache's two passes) with static shapes: the gates are
+        tensors inside the image tokens and the branches of a batch always stack the same way, so
+        each batch size (and, with a guidance interval, each of its two branch counts) compiles
+        once, and later batches of a size already seen run without recompiling."""
+        options = {"backend": backend, "mode": mode, "dynamic": False}
+        self._compiled = {"unet": torch.compile(self.unet, **options)}
+        try:
+            cache = DeepCacheUNet(self.unet)
+        except ModelError:  # a U-Net DeepCache does not support: caching is refused when asked for
+            return
+        self._compiled.update(full=torch.compile(cache.full, **options), shallow=torch.compile(cache.shallow, **options))
+
+    def to_channels_last(self) -> None:
+        """Channels-last memory layout for the U-Net and the VAE (same results up to float rounding)."""
+        self.unet.to(memory_format=torch.channels_last)
+        self.vae.to(memory_format=torch.channels_last)
+
+    def _unet_calls(self, cache: bool):
+        """(whole U-Net, DeepCache full, DeepCache shallow): compiled when `compile` was called."""
+        unet = self._compiled.get("unet", self.unet)
+        if not cache:
+            return unet, None, None
+        deep = DeepCacheUNet(self.unet)
+        return unet, self._compiled.get("full", deep.full), self._compiled.get("shallow", deep.shallow)
 
     # ----------------------------------------------------------------------------------- stages
     def check_inputs(self, prompts: list[str], positive, negative, mode: Mode, height: int, width: int) -> None:
@@ -213,7 +259,22 @@ class DualIPAdapterPipeline(DiffusionPipeline):
         negative_prompt: str = "",
         output_type: Literal["pil", "pt", "np", "latent"] = "pil",
         mode: Mode = "dual",
+        image_guidance_interval: tuple[float, float] = FULL_INTERVAL,
+        cache_interval: int | None = None,
+        timestep_schedule: str = "default",
+        vae_batch_size: int | None = None,
     ) -> DualIPAdapterOutput:
+        """Generate one image per prompt.
+
+        Per step, inside `image_guidance_interval` (fractions of the steps done: step i of N is
+        inside when lo <= i / N < hi; default [0, 1], every step) the U-Net evaluates all branches
+        of the mode and they combine by DIPSY Eq. 9 (Eq. 8 in single mode). Outside it only the
+        unconditional and text branches run and the noise prediction is plain text
+        classifier-free guidance, e0 + w_text (eT - e0), exactly what mode "text" computes.
+        `cache_interval` k > 1 turns on DeepCache (full U-Net every k-th step, see
+        `guidance.step_plan`); 1 or None is off. `timestep_schedule` "ays" uses Align Your Steps'
+        timesteps; `vae_batch_size` decodes that many latents per VAE call.
+        """
         # 1. Check inputs
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         positive = [positive_image] if isinstance(positive_image, Image.Image) else positive_image
@@ -223,6 +284,13 @@ class DualIPAdapterPipeline(DiffusionPipeline):
         self.check_inputs(prompts, positive, negative, mode, height, width)
         for name, value in (("w_text", w_text), ("w_pos", w_pos), ("w_neg", w_neg)):
             check_scale(name, value)
+        check_interval(image_guidance_interval)
+        cache_interval = check_cache_interval(cache_interval)
+        check_schedule(timestep_schedule)
+        if vae_batch_size is not None and (
+            isinstance(vae_batch_size, bool) or not isinstance(vae_batch_size, int) or vae_batch_size < 1
+        ):
+            raise ConfigError(f"vae_batch_size must be an integer >= 1 or None, got {vae_batch_size!r}")
         batch = len(prompts)
         branches = guidance_branches(mode)
 
@@ -248,24 +316,41 @@ class DualIPAdapterPipeline(DiffusionPipeline):
             added_cond_kwargs = {"image_embeds": tokens}
 
         # 4. Prepare timesteps and latents
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        set_timesteps(self.scheduler, num_inference_steps, timestep_schedule, self.device)
         latents = self.prepare_latents(batch, height, width, generator)
+        plan = step_plan(len(self.scheduler.timesteps), mode, image_guidance_interval, cache_interval)
+        # The text pair [e0 x B, eT x B] is the first 2B rows of every conditioning tensor.
+        conditions = {branches: (text_states, added_cond_kwargs)}
+        if branches > 2 and any(not step.image for step in plan):
+            conditions[2] = (
+                text_states[: 2 * batch],
+                None if added_cond_kwargs is None else {"image_embeds": [x[: 2 * batch] for x in tokens]},
+            )
+        unet, full_pass, shallow_pass = self._unet_calls(cache=cache_interval > 1)
 
-        # 5. Denoising loop: one U-Net call of batch `branches * B` per step
-        with self.progress_bar(total=num_inference_steps) as progress:
-            for t in self.scheduler.timesteps:
-                model_input = self.scheduler.scale_model_input(torch.cat([latents] * branches), t)
-                noise = self.unet(
-                    model_input, t, encoder_hidden_states=text_states, added_cond_kwargs=added_cond_kwargs
-                ).sample
-                eps = dual_ip_guidance(*noise.chunk(branches), w_text=w_text, w_pos=w_pos, w_neg=w_neg)
+        # 5. Denoising loop: one U-Net call of batch `rows * B` per step (rows = branches inside the
+        # guidance interval, 2 outside), the whole U-Net or DeepCache's shallow path
+        feature = None
+        with self.progress_bar(total=len(plan)) as progress:
+            for step, t in zip(plan, self.scheduler.timesteps):
+                rows = step.rows(mode)
+                states, added = conditions[rows]
+                model_input = self.scheduler.scale_model_input(torch.cat([latents] * rows), t)
+                if full_pass is None:
+                    noise = unet(model_input, t, encoder_hidden_states=states, added_cond_kwargs=added).sample
+                elif step.full:
+                    noise, feature = full_pass(model_input, t, states, added)
+                else:
+                    noise = shallow_pass(model_input, t, states, added, feature)
+                eps = dual_ip_guidance(*noise.chunk(rows), w_text=w_text, w_pos=w_pos, w_neg=w_neg)
                 latents = self.scheduler.step(eps, t, latents).prev_sample
                 progress.update()
 
         # 6. Decode
         if output_type == "latent":
             return DualIPAdapterOutput(images=latents)
-        image = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        latents = latents / self.vae.config.scaling_factor
+        image = torch.cat([self.vae.decode(part).sample for part in latents.split(vae_batch_size or batch)])
         images = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * batch)
         self.maybe_free_model_hooks()
         return DualIPAdapterOutput(images=images)

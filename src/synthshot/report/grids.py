@@ -1,4 +1,5 @@
-"""Image grids of synthetic items: one row per item, columns positive | negative | result.
+"""Image grids of synthetic items: one row per item, columns positive | negative | result; each row
+is labelled with its number, its class and the negative class it was steered away from.
 
 The items come from the generation manifest (`finished_records`), so what each column shows is
 read from the record, never guessed from paths. A column an item has no image for (text mode has
@@ -15,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 TILE = 128
 HEADER = 22
-ROW_LABEL = 30
+ROW_LABEL = 136  # the row's number, class and negative class
 GAP = 4
 COLUMNS = ("positive", "negative", "result")
 BACKGROUND = (255, 255, 255)
@@ -116,8 +117,30 @@ def _tile(path: Path | None, missing: str, tile: int) -> tuple[Image.Image, str 
     return canvas, None
 
 
+def row_label(item: GridItem, number: int) -> str:
+    """The text left of a row: its number and class, then the negative class (when it has one)."""
+    text = f"{number}. {item.class_name}"
+    return text + (f"\nneg: {item.negative_class}" if item.negative_class else "")
+
+
+def _fit(text: str, font, width: int) -> str:
+    """`text` cut (with "...") to at most `width` pixels in `font`."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def row_boxes(count: int, tile: int = TILE) -> list[tuple[float, float]]:
+    """(top, height) of each row as fractions of the grid's height, for overlays on the page."""
+    height = HEADER + count * (tile + GAP)
+    return [((HEADER + row * (tile + GAP)) / height, tile / height) for row in range(count)]
+
+
 def render_grid(items: list[GridItem], tile: int = TILE) -> tuple[Image.Image, list[str]]:
-    """The grid image (a header row, then rows numbered from 1) and the problems met drawing it."""
+    """The grid image (a header row, then rows labelled with their number, class and negative
+    class) and the problems met drawing it."""
     width = ROW_LABEL + len(COLUMNS) * (tile + GAP)
     height = HEADER + len(items) * (tile + GAP)
     grid = Image.new("RGB", (width, height), BACKGROUND)
@@ -129,7 +152,8 @@ def render_grid(items: list[GridItem], tile: int = TILE) -> tuple[Image.Image, l
     problems: list[str] = []
     for row, item in enumerate(items):
         y = HEADER + row * (tile + GAP)
-        draw.text((ROW_LABEL // 2, y + tile // 2), str(row + 1), fill=(0, 0, 0), font=font, anchor="mm")
+        lines = [_fit(line, font, ROW_LABEL - 8) for line in row_label(item, row + 1).split("\n")]
+        draw.multiline_text((4, y + tile // 2), "\n".join(lines), fill=(0, 0, 0), font=font, anchor="lm", spacing=4)
         cells = (
             _tile(item.positive, "no positive\n(text mode)", tile),
             _tile(item.negative, "no negative", tile),

@@ -15,6 +15,20 @@ from typing import Any
 from synthshot.experiment import Experiment
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a stage, with what the stage had saved by then ("12 of 40 images saved").
+
+    `Interrupted.last` keeps the newest such note for the command line's message: typer turns a
+    KeyboardInterrupt into exit code 130 before synthshot's own handler sees the exception."""
+
+    last: str | None = None
+
+    def __init__(self, saved: str):
+        super().__init__(saved)
+        self.saved = saved
+        Interrupted.last = saved
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str

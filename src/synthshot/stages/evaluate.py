@@ -40,14 +40,16 @@ def run(exp: Experiment, *, echo=print) -> dict:
     # 2. Features of the test (and validation) images
     splits = []
     if sets.val is not None:
-        splits.append(Split("val", image_features(exp, encoder, sets.val, "val", echo=echo), sets.val.labels))
-    splits.append(Split("test", image_features(exp, encoder, sets.test, "test", echo=echo), sets.test.labels))
+        splits.append(Split("val", image_features(exp, encoder, sets.val, "val", echo=echo, quiet_when_cached=True),
+                            sets.val.labels))
+    splits.append(Split("test", image_features(exp, encoder, sets.test, "test", echo=echo, quiet_when_cached=True),
+                        sets.test.labels))
 
     # 3. What the methods are built from: synthetic prototypes and keys, class text features
     prototypes = keys = key_labels = text_weights = None
     synthetic_count = None
     if IMAGE_METHODS & set(methods):
-        prototypes, keys, synthetic = prototypes_stage.run(exp, encoder=encoder, echo=echo)
+        prototypes, keys, synthetic = prototypes_stage.run(exp, encoder=encoder, echo=echo, announce=False)
         key_labels = torch.tensor(synthetic.labels)
         synthetic_count = round(len(synthetic) / max(1, len(exp.classes)))
     if TEXT_METHODS & set(methods):

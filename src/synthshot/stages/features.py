@@ -3,6 +3,7 @@ or multi-scale, cached per file -> features/<set>_<model>[_lora-...][_ms...].saf
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from synthshot.config import write_resolved_config
@@ -41,8 +42,26 @@ def cache_name(exp: Experiment, set_name: str) -> str:
     return "_".join(parts)
 
 
-def image_features(exp: Experiment, encoder, images: LabelledImages, set_name: str, *, echo=print, state=None):
-    """[N, D] L2-normalised features of `images`, from the cache where it is up to date.
+class _CacheCounts(logging.Filter):
+    """Takes the extraction's own "N files, R reused from ..., C to compute" log line, so that the
+    stage says it once, in its line (one line per event)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: tuple | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("features: %d files, %d reused"):
+            self.counts = self.counts or record.args
+            return False
+        return True
+
+
+def image_features(exp: Experiment, encoder, images: LabelledImages, set_name: str, *, echo=print, state=None,
+                   quiet_when_cached: bool = False):
+    """[N, D] L2-normalised features of `images`, from the cache where it is up to date; one line
+    says how many were reused and computed (none when `quiet_when_cached` and nothing was computed:
+    a later stage reading what the features stage made).
 
     With several processes (`state`), each encodes every world-th image into a part cache of its
     own, and the main process merges the parts into the cache without encoding anything again."""
@@ -52,6 +71,24 @@ def image_features(exp: Experiment, encoder, images: LabelledImages, set_name: s
     path = exp.layout.features / f"{cache_name(exp, set_name)}.safetensors"
     options = dict(multiscale=feats.multiscale, scales=feats.scales, seed=feats.seed, batch_size=feats.batch_size,
                    progress=False)
+    counter, logger = _CacheCounts(), logging.getLogger("synthshot.features")
+    logger.addFilter(counter)
+    try:
+        result = _extract(extract_features, encoder, images, path, options, state)
+    finally:
+        logger.removeFilter(counter)
+    if counter.counts is not None and state is None:
+        _, reused, _, computed = counter.counts
+        if computed == 0 and quiet_when_cached:
+            return result.features
+        echo(f"  {set_name}: {len(images)} image(s), {reused} reused, {computed} computed -> {path}")
+    else:
+        echo(f"  {set_name}: {len(images)} image(s) -> {path}")
+    return result.features
+
+
+def _extract(extract_features, encoder, images: LabelledImages, path: Path, options: dict, state):
+    """The features of `images` in the cache `path`, by this process alone or split between several."""
     if state is None:
         result = extract_features(encoder, images.files, cache=path, **options)
     else:
@@ -66,8 +103,7 @@ def image_features(exp: Experiment, encoder, images: LabelledImages, set_name: s
                 part.with_suffix(".json").unlink(missing_ok=True)
         wait_for_everyone(state)
         result = extract_features(encoder, images.files, cache=path, **options)  # read back: nothing to encode
-    echo(f"  {set_name}: {len(images)} image(s) -> {path}")
-    return result.features
+    return result
 
 
 def run(exp: Experiment, *, echo=print) -> dict:

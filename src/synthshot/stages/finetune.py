@@ -19,6 +19,7 @@ from pathlib import Path
 
 from synthshot.config import write_resolved_config
 from synthshot.distributed import check_agrees
+from synthshot.io import atomic_write_text
 from synthshot.errors import SynthshotError
 from synthshot.experiment import Experiment
 from synthshot.stages.base import Stage
@@ -108,7 +109,9 @@ def run(exp: Experiment, *, mode: str = "auto", echo=print, progress: bool = Tru
     checkpoint, state = _checkpoint_to_resume(exp, out, mode, bundle, lora, fingerprint, accelerator.num_processes,
                                               say, main)
     accelerator.wait_for_everyone()
-    writer = ft.tensorboard_writer(out, settings.tensorboard) if main else None
+    names = list(settings.trackers) + (["tensorboard"] if settings.tensorboard else [])
+    trackers = ft.make_trackers(names, out, config.output_dir.name, config.model_dump(mode="json")) if main \
+        else ft.Trackers([])
 
     # 3. LoRA and the text side: class prompts from the registry's templates.
     templates = class_templates(config.data.dataset, settings.text_templates)
@@ -164,8 +167,7 @@ def run(exp: Experiment, *, mode: str = "auto", echo=print, progress: bool = Tru
             record = {"kind": "step", "epoch": epoch, "step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
                       "images_per_s": rate}
             append_jsonl(out / ft.METRICS_FILE, record)
-            for key in ("loss", "lr", "images_per_s") if writer is not None else ():
-                writer.add_scalar(f"train/{key}", record[key], step)
+            trackers.log({f"train/{key}": record[key] for key in ("loss", "lr", "images_per_s")}, step=step)
 
     # 5. Train: each epoch ends with validation and an atomic checkpoint.
     for epoch in range(start_epoch, settings.epochs):
@@ -177,22 +179,22 @@ def run(exp: Experiment, *, mode: str = "auto", echo=print, progress: bool = Tru
                                                    progress and main))
         global_step += steps_per_epoch
         if "val" in eval_loaders:
-            found, true = ft.predict(classifier, eval_loaders["val"], accelerator)
+            found, true = ft.predict(classifier, eval_loaders["val"], accelerator,
+                                     ft.progress_bar(len(eval_loaders["val"]), f"evaluating val (epoch {epoch + 1})",
+                                                     progress and main, unit="batch"))
             val_metrics = classification_metrics(true, found, classes)
             entry.update(val_top1=val_metrics["top1"], val_balanced_top1=val_metrics["balanced_top1"])
         history.append(entry)
         if main:
             append_jsonl(out / ft.METRICS_FILE, {"kind": "epoch", **entry})
-            for key in ("loss", "val_top1") if writer is not None else ():
-                if key in entry:
-                    writer.add_scalar(f"epoch/{key}", entry[key], epoch + 1)
+            trackers.log({f"epoch/{key}": entry[key] for key in ("loss", "val_top1") if key in entry}, step=global_step)
             folder = out / ft.CHECKPOINTS / f"epoch_{epoch + 1}"
             saved = ft.trainer_state(epoch + 1, global_step, history, settings, fingerprint, optimizer, scheduler,
                                      accelerator, steps_per_epoch, pairs_per_batch)
             ft.save_checkpoint(folder, peft_model, info, saved, optimizer)
             ft.prune_checkpoints(out / ft.CHECKPOINTS, keep={epoch + 1, ft.select_epoch(history, settings.select)})
         accelerator.wait_for_everyone()
-        val_text = f", val top-1 {entry['val_top1']:.4f}" if "val_top1" in entry else ""
+        val_text = f", val top-1 {100 * entry['val_top1']:.2f}%" if "val_top1" in entry else ""
         say(f"epoch {epoch + 1}/{settings.epochs}: loss {entry['loss']:.4f}{val_text}, "
             f"{entry['images_per_s']:.1f} images/s")
 
@@ -211,7 +213,9 @@ def run(exp: Experiment, *, mode: str = "auto", echo=print, progress: bool = Tru
     for split in ("test", "val"):
         if split not in eval_loaders:
             continue
-        found, true = ft.predict(classifier, eval_loaders[split], accelerator)
+        found, true = ft.predict(classifier, eval_loaders[split], accelerator,
+                                 ft.progress_bar(len(eval_loaders[split]), f"evaluating {split}", progress and main,
+                                                 unit="batch"))
         metrics = classification_metrics(true, found, classes)
         source = sets.test.source if split == "test" else sets.val.source
         entries.append({"method": "finetune", "split": split, "params": {**params, "source": source},
@@ -222,18 +226,52 @@ def run(exp: Experiment, *, mode: str = "auto", echo=print, progress: bool = Tru
     results = make_results("finetune", entries, run=run_info, config=config.model_dump(mode="json"))
     if main:
         path = write_results(out, results)
-        if writer is not None:
-            writer.close()
-        say(f"test top-1 {entries[0]['metrics']['top1']:.4f} on {entries[0]['metrics']['num_images']} images "
+        atomic_write_text(out / ft.ADAPTER_DIR / "README.md", adapter_card(config, settings, lora, classes, entries,
+                                                                         chosen, real, synthetic))
+        trackers.log({f"results/{e['split']}/{key}": e["metrics"][key] for e in entries
+                      for key in ("top1", "balanced_top1")}, step=global_step)
+        trackers.close()
+        say(f"test top-1 {100 * entries[0]['metrics']['top1']:.2f}% on {entries[0]['metrics']['num_images']} images "
             f"(adapter of epoch {chosen}{', chosen on val' if selected_on else ', the last'}) -> {path}")
     accelerator.wait_for_everyone()
     return results
+
+
+def adapter_card(config, settings, lora, classes, entries, chosen, real, synthetic) -> str:
+    """The adapter folder's README.md (instead of peft's empty template): what it adapts, how it
+    was trained, how well it did, how to load it."""
+    accuracy = [f"- top-1 on {e['split']} ({e['metrics']['num_images']} images): {100 * e['metrics']['top1']:.2f}%"
+                for e in entries]
+    return "\n".join([
+        "---",
+        f"base_model: {config.models.clip}",
+        "library_name: peft",
+        "tags: [synthshot, clip, lora, image-classification]",
+        "---",
+        "",
+        f"# LoRA adapter of {config.models.clip}, fine-tuned by synthshot",
+        "",
+        f"A CLIP image classifier of {len(classes)} classes, trained with LoRA (r={lora.r}, alpha={lora.alpha:g}, "
+        f"dropout={lora.dropout:g}, on {', '.join(lora.targets)} of the {' and '.join(lora.towers)} tower(s)) on "
+        f"{len(real)} real and {len(synthetic)} synthetic image(s) (recipe {settings.recipe}, lam={settings.lam:g}, "
+        f"lr={settings.lr:g}); the adapter of epoch {chosen} of {settings.epochs} is kept ({settings.select}).",
+        "",
+        *accuracy,
+        "",
+        "Classes (label order): " + ", ".join(f"`{c}`" for c in classes),
+        "",
+        "Use it: `synthshot predict RUN_FOLDER images/`, or `synthshot export RUN_FOLDER -o DIR` for a merged CLIP "
+        "model that transformers loads alone. With peft: `PeftModel.from_pretrained(CLIPModel.from_pretrained("
+        f"'{config.models.clip}'), 'adapter')`; the class prompts are in `synthshot_adapter.json`.",
+        "",
+    ])
 
 
 STAGE = Stage(
     name="finetune",
     run=run,
     reads=("finetune", "models.clip", "seed", "generation.images_per_class", "data.holdout_shots"),
+    ignores=("finetune.trackers", "finetune.tensorboard", "finetune.log_every", "finetune.num_workers"),
     after=("data", "generate"),
     writes=lambda exp: [exp.layout.finetune / "results.json"],
 )

@@ -78,7 +78,7 @@ def plan(exp: Experiment, *, echo=print):
         )
     negative_probs = None
     if gen.mode == "dual" and exp.config.similarity.sampling == "similarity":
-        negative_probs = similarity.run(exp, echo=echo).as_dict()
+        negative_probs = similarity.run(exp, echo=echo, announce_reuse=False).as_dict()
     return plan_items(
         {name: [str(p) for p in files] for name, files in data.split.items()},
         images_per_class=gen.images_per_class,
@@ -131,7 +131,17 @@ def run(exp: Experiment, *, shard: tuple[int, int] | None = None, progress: bool
             reconcile(out)
             write_resolved_config(config, out)
         wait_for_everyone(state)
-        report = _render(exp, items, state, rank, world, device, progress)
+        try:
+            report, load_seconds = _render(exp, items, state, rank, world, device, progress,
+                                           echo if rank == 0 else (lambda *_: None))
+        except KeyboardInterrupt as exc:  # Ctrl-C: say how much is saved (the command line prints it)
+            from synthshot.generation.runner import finished_records
+            from synthshot.stages.base import Interrupted
+
+            saved = len({item.id for item in items} & set(finished_records(out)))
+            raise Interrupted(f"{saved} of {len(items)} images saved") from exc
+        if rank == 0 and report.done:
+            _record_timings(out, report, load_seconds, world, len(exp.classes))
     who = f"process {rank + 1}/{world}: " if world > 1 else ""
     echo(
         f"{who}generated {len(report.done)} image(s), {len(report.skipped)} already there, {len(report.failed)} failed "
@@ -141,16 +151,57 @@ def run(exp: Experiment, *, shard: tuple[int, int] | None = None, progress: bool
     return report
 
 
-def _render(exp: Experiment, items, state, rank: int, world: int, device: str, progress: bool):
+def describe_models(models, mode: str) -> str:
+    """What `load_pipeline` loads, in a few words: "stable-diffusion-v1-5 + 2 IP-Adapters (ip-adapter-plus_sd15)"."""
+    from pathlib import PurePath
+
+    text = PurePath(str(models.diffusion)).name or str(models.diffusion)
+    adapters = {"dual": 2, "single": 1}.get(mode, 0)
+    if adapters:
+        weights = ", ".join(dict.fromkeys(PurePath(str(w)).stem for w in models.ip_adapter_weights[:adapters]))
+        text += f" + {adapters} IP-Adapter{'s' if adapters > 1 else ''}" + (f" ({weights})" if weights else "")
+    return text
+
+
+def _record_timings(out, report, load_seconds: float, world: int, classes: int) -> None:
+    """Add this call's rendering time to the set's record (`report.collect.GENERATION_TIMINGS`),
+    which the report turns into seconds per image and per class."""
+    from synthshot.io import atomic_write_json, parse_json
+    from synthshot.report.collect import GENERATION_TIMINGS
+
+    path = out / GENERATION_TIMINGS
+    try:
+        before = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = {}
+    before = before if isinstance(before, dict) else {}
+    images = len(report.done) * world  # every process renders about as many
+    seconds = len(report.done) / report.images_per_second if report.images_per_second > 0 else 0.0
+    atomic_write_json(path, {
+        "images": int(before.get("images", 0) or 0) + images,
+        "seconds": float(before.get("seconds", 0.0) or 0.0) + seconds,
+        "load_seconds": round(load_seconds, 3),
+        "classes": classes,
+        "processes": world,
+    })
+
+
+def _render(exp: Experiment, items, state, rank: int, world: int, device: str, progress: bool, echo=print):
     """Render this process's items into the set; with several processes each appends to its own
-    manifest and the main process merges them at the end."""
+    manifest and the main process merges them at the end. Returns the report and the seconds the
+    models took to load."""
+    import time
+
     from synthshot.generation.engine import PipelineRenderer, load_pipeline
     from synthshot.generation.fingerprint import item_fingerprint
     from synthshot.generation.runner import process_manifest, reconcile, run_generation
 
     config, gen, out = exp.config, exp.config.generation, exp.layout.synthetic
     digest, root = exp.settings_digest, exp.data_root
+    echo(f"loading {describe_models(config.models, gen.mode)} on {device} ...")
+    started = time.perf_counter()
     pipe = load_pipeline(config.models, gen, exp.hub, device)
+    load_seconds = time.perf_counter() - started
     if rank == 0:
         warn_cut_prompts(pipe.tokenizer, prompts_per_class(exp), gen.images_per_class)
     report = run_generation(
@@ -169,7 +220,7 @@ def _render(exp: Experiment, items, state, rank: int, world: int, device: str, p
         state.wait_for_everyone()
         if rank == 0:
             reconcile(out)
-    return report
+    return report, load_seconds
 
 
 def complete(exp: Experiment) -> bool:

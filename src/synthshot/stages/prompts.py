@@ -32,8 +32,7 @@ def run(exp: Experiment, *, echo=print) -> dict[str, list[str]]:
         echo=echo,
         diffusion=config.models.diffusion,
     )
-    write_resolved_config(config, folder)
-    echo(f"prompts: {exp.layout.prompts_file} ({config.prompts.per_class} per class, {config.prompts.backend})")
+    write_resolved_config(config, folder)  # write_class_prompts said where the prompts are and how many
     return prompts
 
 

@@ -7,8 +7,9 @@ from synthshot.experiment import Experiment
 from synthshot.stages.base import Stage
 
 
-def run(exp: Experiment, *, encoder=None, echo=print):
-    """Build and save the prototypes; return (prototypes, synthetic features, synthetic images)."""
+def run(exp: Experiment, *, encoder=None, echo=print, announce: bool = True):
+    """Build and save the prototypes; return (prototypes, synthetic features, synthetic images).
+    `announce=False` (evaluate, rebuilding them) leaves out the line saying so."""
     import torch
     from safetensors.torch import save
 
@@ -20,7 +21,7 @@ def run(exp: Experiment, *, encoder=None, echo=print):
     config, classes = exp.config, exp.classes
     encoder = encoder or load_encoder(exp)
     synthetic = exp.synthetic.images
-    features = image_features(exp, encoder, synthetic, "synthetic", echo=echo)
+    features = image_features(exp, encoder, synthetic, "synthetic", echo=echo, quiet_when_cached=True)
     prototypes = class_prototypes(features, synthetic.labels, classes)
 
     folder = exp.layout.prototypes
@@ -40,7 +41,8 @@ def run(exp: Experiment, *, encoder=None, echo=print):
         },
     )
     write_resolved_config(config, folder)
-    echo(f"prototypes: {len(classes)} classes from {len(synthetic)} synthetic image(s) -> {folder}")
+    if announce:
+        echo(f"prototypes: {len(classes)} classes from {len(synthetic)} synthetic image(s) -> {folder}")
     return prototypes, features, synthetic
 
 

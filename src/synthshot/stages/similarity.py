@@ -9,8 +9,9 @@ from synthshot.experiment import Experiment
 from synthshot.stages.base import Stage
 
 
-def run(exp: Experiment, *, echo=print):
-    """Compute the similarity, or reuse the saved one when it is of the same classes and settings."""
+def run(exp: Experiment, *, echo=print, announce_reuse: bool = True):
+    """Compute the similarity, or reuse the saved one when it is of the same classes and settings
+    (said in a line unless `announce_reuse` is false: `generate` reads it after this stage)."""
     from synthshot.generation.similarity import SIMILARITY_FORMAT, compute_class_similarity
     from synthshot.models.clip import load_clip
 
@@ -32,7 +33,8 @@ def run(exp: Experiment, *, echo=print):
         and existing.sampling == settings.sampling
         and existing.model_id == config.models.clip
     ):
-        echo(f"class similarity: {folder} (up to date)")
+        if announce_reuse:
+            echo(f"class similarity: {folder} (up to date)")
         return existing
     bundle = load_clip(config.models.clip, exp.hub, device=exp.device)
     result = compute_class_similarity(
