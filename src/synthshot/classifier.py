@@ -328,7 +328,7 @@ def export_classifier(source: str | os.PathLike, out: str | os.PathLike, method:
                          "CLIP models can be exported")
     from safetensors.torch import save_file
 
-    from synthshot.io import TEMP_PREFIX, atomic_write_json, atomic_write_text
+    from synthshot.io import TEMP_PREFIX, atomic_write_json, atomic_write_text, swap_in_folder
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{out.name}-", dir=out.parent))
@@ -347,23 +347,10 @@ def export_classifier(source: str | os.PathLike, out: str | os.PathLike, method:
             "logits": LOGITS[clf.method], "info": {k: v for k, v in clf.info.items() if k != "config"},
         })
         atomic_write_text(staging / "README.md", model_card(clf))
-        os.chmod(staging, 0o777 & ~_umask())
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{out.name}-old-", dir=out.parent))
-            os.replace(out, old / "export")
-            os.replace(staging, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, out)
+        swap_in_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 LOGITS = {

@@ -135,6 +135,24 @@ def folder_lock(folder: str | os.PathLike, echo=None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def swap_in_folder(staging: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put a finished staging folder (made with `tempfile.mkdtemp`, so owner-only) at `target`,
+    replacing a folder of synthshot's there: the old one is moved aside, the new one renamed in,
+    then the old one removed, so `target` is never half written. The caller has checked that an
+    existing `target` is its own to replace."""
+    import shutil
+
+    staging, target = Path(staging), Path(target)
+    os.chmod(staging, 0o777 & ~_umask())
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}-old-", dir=target.parent))
+    os.replace(target, old / target.name)
+    os.replace(staging, target)
+    shutil.rmtree(old)
+
+
 def is_claimed(folder: str | os.PathLike) -> bool:
     """Whether `folder` carries synthshot's marker."""
     return (Path(folder) / MARKER).is_dir()

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from synthshot.errors import ModelError
-from synthshot.io import TEMP_PREFIX, _umask, atomic_write_json, quote
+from synthshot.io import TEMP_PREFIX, atomic_write_json, quote, swap_in_folder
 
 SD_FOLDER = "stable-diffusion"
 IP_ADAPTER_FOLDER = "ip-adapter"
@@ -302,14 +301,7 @@ def make_tiny_kit(folder: str | Path, seed: int = 0, *, overwrite: bool = False)
         write_ip_adapters(staging / IP_ADAPTER_FOLDER, unet_config, seed)
         write_clip(staging / CLIP_FOLDER, seed)
         atomic_write_json(staging / KIT_MANIFEST, kit_manifest(staging, seed))
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it owner-only
-        if folder.exists():  # an empty folder, or a kit of ours (it has kit.json) being rebuilt
-            old = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{folder.name}-old-", dir=folder.parent))
-            os.replace(folder, old / "kit")
-            os.replace(staging, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, folder)
+        swap_in_folder(staging, folder)  # an empty folder, or a kit of ours (it has kit.json), is replaced
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
