@@ -79,7 +79,10 @@ data: {{demo: {{classes: 2, images_per_class: 2, size: 32}}, shots: 2}}
 generation: {{images_per_class: 60, steps: 4, height: 32, width: 32, batch_size: 1, precision: fp32}}
 """
     )
-    process = subprocess.Popen([*CLI, "generate", config], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A test run started in the background (`pytest &` without job control) ignores SIGINT, and a
+    # child would inherit that: give it the default, as a terminal's Ctrl-C finds it.
+    process = subprocess.Popen([*CLI, "generate", config], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def saved() -> int:
         manifests = list(out.glob("synthetic-*/manifest.jsonl"))
