@@ -165,11 +165,9 @@ def machine_line(device: str) -> str:
 
 
 def load_line() -> str:
-    try:
-        one, five, _ = os.getloadavg()
-    except OSError:
-        return "load average: unknown"
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+    from machine import load_line as line
+
+    return line()
 
 
 def parse_args(argv=None) -> argparse.Namespace:

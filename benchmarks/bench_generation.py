@@ -456,16 +456,9 @@ def machine_line(device: torch.device) -> str:
 
 
 def load_line(own_threads: int = 0) -> str:
-    """The load average, and a warning when other processes compete for the CPUs (`own_threads`:
-    how much of the load this benchmark itself accounts for)."""
-    try:
-        one, five, _ = os.getloadavg()
-    except OSError:
-        return "load average: unknown"
-    others = one - own_threads
-    busy = " (other processes compete for the CPUs: timings are noisy)" if others >= 1.0 else ""
-    own = f", this benchmark's own {own_threads} threads included" if own_threads else ""
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min){own}{busy}"
+    from machine import load_line as line
+
+    return line(own_threads)
 
 
 def print_table(steps: list[StepResult], generate: dict[int, float] | None, generate_desc: str, device) -> None:

@@ -159,11 +159,9 @@ def run_way(pipe, compiled_pipe, way: Way, batch: int, steps: int, latent: int, 
 
 
 def load_line() -> str:
-    try:
-        one, five, _ = os.getloadavg()
-    except OSError:
-        return "load average: unknown"
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+    from machine import load_line as line
+
+    return line()
 
 
 def evaluations_text(e: dict[str, int]) -> str:
